@@ -1,0 +1,1 @@
+"""gisgrid: GIS grid-mapping for community governance."""

@@ -1,0 +1,69 @@
+"""Settings, read from the environment and nowhere else.
+
+Every key has a default here; ``create_app(overrides)`` and the CLI layer a dict on top.
+Importing this module reads nothing: call :func:`load`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: ``GISGRID_DATABASE_URL``: any PostGIS 3 server. Empty = the embedded cluster.
+    database_url: str = ""
+    #: ``GISGRID_HOME``: where the embedded cluster and uploads live.
+    home: Path = Path(".gisgrid")
+    #: ``GISGRID_PG_BINDIR``: PostgreSQL server binaries (initdb, pg_ctl) for the embedded cluster.
+    pg_bindir: str = ""
+    #: ``GISGRID_PG_FAST``: fsync=off for throw-away clusters (tests, benchmarks). Never in production.
+    pg_fast: bool = False
+    #: ``GISGRID_METRIC_CRS``: projected CRS for areas and distances. Empty = the CGCS2000
+    #: 3-degree Gauss-Krüger zone of the district (EPSG:4534..4554).
+    metric_crs: str = ""
+    #: ``GISGRID_HOST`` / ``GISGRID_PORT``: where ``gisgrid serve`` listens.
+    host: str = "127.0.0.1"
+    port: int = 5080
+    #: ``GISGRID_BASEMAP_URL``: an XYZ tile URL (e.g. Tianditu or an intranet server). Empty = none;
+    #: the district's own layers draw the map.
+    basemap_url: str = ""
+    basemap_attribution: str = ""
+    #: ``GISGRID_SECRET_KEY``: Flask session signing key.
+    secret_key: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.database_url
+
+    def with_overrides(self, overrides: dict | None) -> "Settings":
+        if not overrides:
+            return self
+        known = {f for f in self.__dataclass_fields__}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; known: {sorted(known)}")
+        return replace(self, **overrides)
+
+
+def _bool(v: str) -> bool:
+    return v.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load(env: dict | None = None) -> Settings:
+    """Settings from ``env`` (default ``os.environ``)."""
+    env = os.environ if env is None else env
+    return Settings(
+        database_url=env.get("GISGRID_DATABASE_URL", ""),
+        home=Path(env.get("GISGRID_HOME", ".gisgrid")).absolute(),
+        pg_bindir=env.get("GISGRID_PG_BINDIR", ""),
+        pg_fast=_bool(env.get("GISGRID_PG_FAST", "0")),
+        metric_crs=env.get("GISGRID_METRIC_CRS", ""),
+        host=env.get("GISGRID_HOST", "127.0.0.1"),
+        port=int(env.get("GISGRID_PORT", "5080")),
+        basemap_url=env.get("GISGRID_BASEMAP_URL", ""),
+        basemap_attribution=env.get("GISGRID_BASEMAP_ATTRIBUTION", ""),
+        secret_key=env.get("GISGRID_SECRET_KEY", ""),
+    )

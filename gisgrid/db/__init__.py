@@ -1,0 +1,1 @@
+"""Database: the embedded cluster, engine and sessions, migrations."""

@@ -1,0 +1,103 @@
+"""Grids (网格): the smallest unit of responsibility, drawn inside one community.
+
+A community's current grids cover it with no gaps and no overlaps (checked by
+``gisgrid.spatial.coverage``). A grid code extends its community's 12-digit code with a
+3-digit serial (``420103001001`` + ``007``). Redrawn grids are not deleted: the old row gets
+``valid_to`` and the new one ``valid_from``, so history stays; only rows with ``valid_to IS NULL``
+are current, and a code is unique among current grids.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import shapely
+from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, Integer, String, func, select, text
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from gisgrid.db.base import Base
+from gisgrid.errors import InvalidInput
+from gisgrid.layers._columns import geom_type, gist, types, valid
+
+KINDS = ("urban", "rural")
+TARGET_HOUSEHOLDS = {"urban": 250, "rural": 150}
+
+
+class Grid(Base):
+    __tablename__ = "grid"
+    __table_args__ = (
+        CheckConstraint("kind IN ('urban', 'rural')", name="kind"),
+        CheckConstraint("code ~ '^[0-9]{12}[0-9]{3,}$'", name="code_format"),
+        valid(), types("geom", "MultiPolygon"), gist("grid"),
+        Index("uq_grid_code_current", "code", unique=True, postgresql_where=text("valid_to IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(100))
+    community_code: Mapped[str] = mapped_column(String(12), ForeignKey("admin_area.code"), index=True)
+    street_code: Mapped[str] = mapped_column(String(12), index=True)
+    district_code: Mapped[str] = mapped_column(String(12), index=True)
+    kind: Mapped[str] = mapped_column(String(10), default="urban", server_default="urban")
+    plan_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("grid_plan.id", ondelete="SET NULL"))
+    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    valid_to: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    geom = mapped_column(geom_type("MULTIPOLYGON"), nullable=False)
+
+
+# The rule for a point on an edge shared by two grids, used by every lookup and by linking:
+# of the current grids that intersect the point (interior or boundary), the one with the
+# lowest code wins. It is deterministic and does not depend on row order or insertion time.
+LOOKUP_SQL = text(
+    "SELECT id, code, community_code, street_code, district_code FROM grid "
+    "WHERE valid_to IS NULL AND ST_Intersects(geom, ST_SetSRID(ST_MakePoint(:lon, :lat), 4326)) "
+    "ORDER BY code LIMIT 1"
+)
+
+
+def grid_at(session: Session, lon: float, lat: float) -> dict | None:
+    """The current grid containing a lon/lat point (EPSG:4326), or None outside every grid.
+
+    Parameters
+    ----------
+    session : Session
+    lon, lat : float
+        WGS84/CGCS2000 degrees. Convert GCJ-02/BD-09 first.
+
+    Returns
+    -------
+    dict with ``id, code, community_code, street_code, district_code``, or None.
+
+    Examples
+    --------
+    >>> grid_at(session, 114.27, 30.58)["code"]    # doctest: +SKIP
+    '420103001001001'
+    """
+    from gisgrid.spatial.geometry import point
+
+    p = point(lon, lat)
+    row = session.execute(LOOKUP_SQL, {"lon": p.x, "lat": p.y}).mappings().first()
+    return dict(row) if row else None
+
+
+def current(session: Session, community_code: str | None = None) -> list[Grid]:
+    q = select(Grid).where(Grid.valid_to.is_(None)).order_by(Grid.code)
+    if community_code:
+        q = q.where(Grid.community_code == community_code)
+    return list(session.scalars(q))
+
+
+def next_code(session: Session, community_code: str) -> str:
+    """The next free grid code in a community (serials never reused, history included)."""
+    last = session.scalar(
+        select(func.max(Grid.code)).where(Grid.community_code == community_code, func.length(Grid.code) == 15))
+    serial = int(last[12:]) + 1 if last else 1
+    if serial > 999:
+        raise InvalidInput(f"community {community_code} has used all 999 grid serials")
+    return f"{community_code}{serial:03d}"
+
+
+def to_feature(grid: Grid, **props) -> dict:
+    from geoalchemy2.shape import to_shape
+
+    return {"type": "Feature", "geometry": shapely.geometry.mapping(to_shape(grid.geom)),
+            "properties": {"code": grid.code, "name": grid.name, "community_code": grid.community_code, **props}}

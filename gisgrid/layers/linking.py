@@ -1,0 +1,125 @@
+"""Linking: which grid, community, street and district contain each record.
+
+The one place where derived links are written. Two paths, one rule:
+
+* :func:`link_ids` – the records just written, inside the writer's transaction (a lateral
+  lookup per record; right for a handful of rows);
+* :func:`relink` – every record of every linked layer, in bulk, after a boundary change or an
+  import (`gisgrid link`). Polygon-driven: the outer loop runs over the grids and probes the
+  GiST index of the points, so PostGIS reuses each grid's prepared geometry for all the points
+  it holds; rows whose links did not change are not rewritten.
+
+The rule (``grids.LOOKUP_SQL`` states it for a single point): a record belongs to the current
+grid that intersects its anchor point; a point on an edge shared by several grids belongs to the
+one with the **lowest code**. A record outside every grid keeps ``grid_id`` NULL ("unlinked")
+and takes its community/street/district codes from the deepest admin area that contains it,
+so it can still be routed to a street or district centre. Nothing is ever dropped.
+
+Anchors: points link by themselves; buildings and routes by ``anchor`` (``ST_PointOnSurface``
+of the footprint or line, a generated column); residents by their building, or by their own
+point when they have none.
+"""
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+#: layer table → column holding the point the layer is linked by
+ANCHORS = {"building": "anchor", "place": "geom", "patrol_point": "geom", "patrol_route": "anchor",
+           "incident": "geom"}
+#: order matters: residents copy their building's links
+ORDER = ("building", "resident", "place", "patrol_point", "patrol_route", "incident")
+_COLS = ("grid_id", "grid_code", "community_code", "street_code", "district_code")
+_SET = ", ".join(f"{c} = l.{c}" for c in _COLS)
+_CHANGED = " OR ".join(f"p.{c} IS DISTINCT FROM l.{c}" for c in _COLS)
+
+_GRID_LATERAL = (
+    "LEFT JOIN LATERAL (SELECT id, code, community_code, street_code, district_code FROM grid "
+    "WHERE valid_to IS NULL AND ST_Intersects(geom, s.pt) ORDER BY code LIMIT 1) g ON true "
+)
+_ADMIN_LATERAL = (
+    "LEFT JOIN LATERAL (SELECT community_code, street_code, district_code FROM admin_area "
+    "WHERE g.id IS NULL AND geom IS NOT NULL AND ST_Intersects(geom, s.pt) "
+    "ORDER BY CASE level WHEN 'community' THEN 0 WHEN 'street' THEN 1 ELSE 2 END, code LIMIT 1) a ON true "
+)
+_LOCATE = (
+    "SELECT s.id, g.id AS grid_id, g.code AS grid_code, "
+    "coalesce(g.community_code, a.community_code) AS community_code, "
+    "coalesce(g.street_code, a.street_code) AS street_code, "
+    "coalesce(g.district_code, a.district_code) AS district_code "
+    "FROM src s " + _GRID_LATERAL + _ADMIN_LATERAL
+)
+
+
+def _check(table: str) -> None:
+    if table not in ORDER:
+        raise ValueError(f"{table!r} is not a linked layer; linked layers: {', '.join(ORDER)}")
+
+
+def _point_sql(table: str, anchor: str, where: str) -> str:
+    return (f"WITH src AS (SELECT id, {anchor} AS pt FROM {table} WHERE {where}), l AS ({_LOCATE}) "
+            f"UPDATE {table} p SET {_SET} FROM l WHERE p.id = l.id AND ({_CHANGED})")
+
+
+def _residents_by_building(where: str) -> str:
+    return (f"WITH l AS (SELECT r.id, b.grid_id, b.grid_code, b.community_code, b.street_code, b.district_code "
+            f"FROM resident r JOIN building b ON b.id = r.building_id WHERE {where}) "
+            f"UPDATE resident p SET {_SET} FROM l WHERE p.id = l.id AND ({_CHANGED})")
+
+
+def link_ids(session: Session, table: str, ids: list[int]) -> int:
+    """Link the records ``ids`` of ``table`` (just inserted or moved). Returns rows changed.
+
+    Runs in the caller's transaction; never commits.
+    """
+    _check(table)
+    if not ids:
+        return 0
+    params = {"ids": list(ids)}
+    if table == "resident":
+        n = session.execute(text(_residents_by_building("r.id = ANY(:ids)")), params).rowcount
+        return n + session.execute(
+            text(_point_sql("resident", "geom", "id = ANY(:ids) AND building_id IS NULL")), params).rowcount
+    return session.execute(text(_point_sql(table, ANCHORS[table], "id = ANY(:ids)")), params).rowcount
+
+
+def _bulk(session: Session, table: str) -> int:
+    anchor = ANCHORS[table]
+    session.execute(text("DROP TABLE IF EXISTS _gisgrid_link"))
+    # Polygon-driven: grids outside, an index probe into the points for each grid.
+    session.execute(text(
+        "CREATE TEMP TABLE _gisgrid_link ON COMMIT DROP AS "
+        "SELECT DISTINCT ON (p.id) p.id, g.id AS grid_id, g.code AS grid_code, g.community_code, "
+        "g.street_code, g.district_code "
+        f"FROM grid g CROSS JOIN LATERAL (SELECT id FROM {table} p WHERE ST_Intersects(g.geom, p.{anchor})) p "
+        "WHERE g.valid_to IS NULL ORDER BY p.id, g.code"))
+    changed = session.execute(text(
+        f"UPDATE {table} p SET {_SET} FROM _gisgrid_link l WHERE p.id = l.id AND ({_CHANGED})")).rowcount
+    # Whatever no grid holds: unlinked, with its admin codes from the admin areas.
+    changed += session.execute(text(_point_sql(
+        table, anchor, "NOT EXISTS (SELECT 1 FROM _gisgrid_link k WHERE k.id = " + table + ".id)"))).rowcount
+    session.execute(text("DROP TABLE _gisgrid_link"))
+    return changed
+
+
+def relink(session: Session, tables: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Recompute the links of every record of ``tables`` (default: all linked layers) in bulk.
+
+    Returns
+    -------
+    dict
+        table → number of rows whose links changed.
+    """
+    tables = ORDER if tables is None else tables
+    for t in tables:
+        _check(t)
+    out = {}
+    for t in ORDER:
+        if t not in tables:
+            continue
+        if t == "resident":
+            out[t] = session.execute(text(_residents_by_building("true"))).rowcount
+            out[t] += session.execute(text(_point_sql("resident", "geom", "building_id IS NULL"))).rowcount
+        else:
+            out[t] = _bulk(session, t)
+    return out

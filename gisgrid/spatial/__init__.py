@@ -1,0 +1,1 @@
+"""Pure geometry: no database. Plain functions over shapely/numpy objects."""

@@ -1,0 +1,96 @@
+"""Shared fixtures: a real embedded PostGIS cluster in a temp folder, migrated once; a session
+per test inside a transaction that is rolled back.
+
+Tiny geometry used across tests (lon/lat degrees, community C = 420103001001)::
+
+        114.00        114.01        114.02
+    30.01 +-------------+-------------+
+          |             |             |
+          |  G1 (…001)  |  G2 (…002)  |     x = 114.01 is the edge shared by G1 and G2
+          |             |             |
+    30.00 +-------------+-------------+
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from shapely.geometry import box
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from gisgrid.config import Settings
+from gisgrid.db import migrate
+from gisgrid.db.cluster import Cluster
+from gisgrid.db.engine import make_engine
+
+DISTRICT, STREET, COMMUNITY = "420103000000", "420103001000", "420103001001"
+G1 = box(114.00, 30.00, 114.01, 30.01)
+G2 = box(114.01, 30.00, 114.02, 30.01)
+
+
+def make_home(prefix: str = "gg-") -> Path:
+    # Short path (the Unix socket path must stay under 108 bytes) that the postgres user can
+    # traverse when tests run as root (pytest's tmp_path is 0700).
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(home, 0o755)
+    return home
+
+
+@pytest.fixture(scope="session")
+def cluster_home():
+    home = make_home()
+    yield home
+    Cluster(home / "h").stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings(cluster_home) -> Settings:
+    return Settings(home=cluster_home / "h", pg_fast=True)
+
+
+@pytest.fixture(scope="session")
+def db_url(settings) -> str:
+    cluster = Cluster(settings.home, fast=True)
+    cluster.start()
+    return cluster.url()
+
+
+@pytest.fixture(scope="session")
+def engine(db_url):
+    eng = make_engine(db_url)
+    migrate.upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def session(engine):
+    """A session whose every commit is a savepoint of an outer transaction rolled back at the end."""
+    with engine.connect() as conn:
+        outer = conn.begin()
+        s = Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        try:
+            yield s
+        finally:
+            s.close()
+            outer.rollback()
+
+
+@pytest.fixture
+def two_grids(session):
+    """One district, street and community, and the 2×2 km… (well, 2 cells) grid of the docstring."""
+    from gisgrid.layers import writes
+
+    community = box(114.00, 30.00, 114.02, 30.01)
+    district = box(113.99, 29.99, 114.03, 30.02)
+    writes.add(session, "admin_area", [{"code": DISTRICT, "name": "测试区", "geometry": district}])
+    writes.add(session, "admin_area", [{"code": STREET, "name": "测试街道", "geometry": community}])
+    writes.add(session, "admin_area", [{"code": COMMUNITY, "name": "测试社区", "geometry": community}])
+    writes.add(session, "grid", [{"code": COMMUNITY + "001", "name": "一网格", "geometry": G1},
+                                 {"code": COMMUNITY + "002", "name": "二网格", "geometry": G2}])
+    return session
