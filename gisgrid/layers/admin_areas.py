@@ -67,3 +67,21 @@ def get(session: Session, code: str) -> AdminArea:
     if area is None:
         raise UnknownReference(f"no admin area with code {code!r}", field="code")
     return area
+
+
+def features(session: Session, level: str) -> list[dict]:
+    """Admin areas of one level that have a geometry, as GeoJSON features."""
+    import json
+
+    from sqlalchemy import func
+
+    if level not in LEVELS:
+        raise InvalidInput(f"level must be one of {LEVELS}, got {level!r}", field="level")
+    rows = session.execute(
+        select(AdminArea.code, AdminArea.name, func.ST_AsGeoJSON(AdminArea.geom, 6))
+        .where(AdminArea.level == level, AdminArea.geom.is_not(None)).order_by(AdminArea.code)).all()
+    return [{"type": "Feature", "geometry": json.loads(g), "properties": {"code": c, "name": n}} for c, n, g in rows]
+
+
+def district(session: Session) -> AdminArea | None:
+    return session.scalar(select(AdminArea).where(AdminArea.level == "district").order_by(AdminArea.code).limit(1))

@@ -101,3 +101,27 @@ def to_feature(grid: Grid, **props) -> dict:
 
     return {"type": "Feature", "geometry": shapely.geometry.mapping(to_shape(grid.geom)),
             "properties": {"code": grid.code, "name": grid.name, "community_code": grid.community_code, **props}}
+
+
+def summary(session: Session, *, limit: int | None = None) -> list[dict]:
+    """Current grids with households, residents and open incidents, as GeoJSON features
+    (coordinates to 6 decimals, about 10 cm)."""
+    from gisgrid.layers.incidents import OPEN_STATES
+
+    rows = session.execute(text(
+        "SELECT g.id, g.code, g.name, g.community_code, ST_AsGeoJSON(g.geom, 6) AS geojson, "
+        "coalesce(b.hh, 0) AS households, coalesce(b.n, 0) AS buildings, coalesce(i.n, 0) AS open_incidents "
+        "FROM grid g "
+        "LEFT JOIN (SELECT grid_id, sum(households) AS hh, count(*) AS n FROM building GROUP BY grid_id) b ON b.grid_id = g.id "
+        "LEFT JOIN (SELECT grid_id, count(*) AS n FROM incident WHERE state = ANY(:open) GROUP BY grid_id) i "
+        "ON i.grid_id = g.id WHERE g.valid_to IS NULL ORDER BY g.code LIMIT :limit"),
+        {"open": list(OPEN_STATES), "limit": limit}).mappings()
+    import json
+
+    return [{"type": "Feature", "geometry": json.loads(r["geojson"]),
+             "properties": {k: r[k] for k in ("id", "code", "name", "community_code", "households", "buildings",
+                                              "open_incidents")}} for r in rows]
+
+
+def count_current(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Grid).where(Grid.valid_to.is_(None)))

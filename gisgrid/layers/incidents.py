@@ -77,3 +77,14 @@ class IncidentEvent(Base):
     from_state: Mapped[str | None] = mapped_column(String(20))
     to_state: Mapped[str] = mapped_column(String(20))
     note: Mapped[str | None] = mapped_column(Text)
+
+
+def points(session, *, open_only: bool = False, limit: int = 50_000) -> list[dict]:
+    """Incident points (lon, lat, state, category, code), newest first."""
+    from sqlalchemy import text
+
+    where = "WHERE state = ANY(:open)" if open_only else ""
+    rows = session.execute(text(
+        f"SELECT code, state, category, ST_X(geom) AS lon, ST_Y(geom) AS lat, grid_code FROM incident {where} "
+        "ORDER BY reported_at DESC LIMIT :limit"), {"open": list(OPEN_STATES), "limit": limit}).mappings()
+    return [dict(r) for r in rows]

@@ -1,0 +1,17 @@
+# The README's two commands. Both install what is missing first (scripts/bootstrap.sh).
+.PHONY: demo test setup bench-link
+
+demo:
+	@scripts/bootstrap.sh demo
+	.venv/bin/gisgrid demo
+
+test:
+	@scripts/bootstrap.sh test
+	.venv/bin/pytest
+
+setup:
+	@scripts/bootstrap.sh test
+
+bench-link:
+	@scripts/bootstrap.sh demo
+	.venv/bin/python bench/link.py

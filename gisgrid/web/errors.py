@@ -1,0 +1,31 @@
+"""Errors → HTTP in one place: JSON for the API, a short HTML page for pages."""
+from __future__ import annotations
+
+from flask import Flask, jsonify, request
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+from gisgrid.errors import GisgridError
+
+
+def _wants_json() -> bool:
+    return request.path.startswith(("/api/", "/tiles/", "/open311/"))
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(GisgridError)
+    def _gisgrid(e: GisgridError):
+        if _wants_json():
+            return jsonify(e.to_dict()), e.status
+        return f"<h1>{e.status}</h1><p>{e}</p>", e.status
+
+    @app.errorhandler(OperationalError)
+    def _db_down(e):
+        body = {"error": "DatabaseUnavailable", "message": "the database did not answer in time; retry shortly"}
+        return (jsonify(body), 503) if _wants_json() else (f"<p>{body['message']}</p>", 503)
+
+    @app.errorhandler(HTTPException)
+    def _http(e: HTTPException):
+        if _wants_json():
+            return jsonify({"error": e.name, "message": e.description}), e.code
+        return e

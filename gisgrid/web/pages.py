@@ -1,0 +1,117 @@
+"""Pages. ``/`` is the one map (一张图) of the district, built with folium from local assets."""
+from __future__ import annotations
+
+import folium
+import folium.plugins as plugins
+from flask import Blueprint, Response
+
+from gisgrid.layers import admin_areas, grids, incidents
+from gisgrid.web import db, i18n, settings
+
+bp = Blueprint("pages", __name__)
+
+PAGE_GRID_LIMIT = 5000   # above this the page draws communities only (large layers go as tiles)
+HOUSEHOLD_BINS = [(0, "#f7fbff"), (150, "#c6dbef"), (200, "#6baed6"), (250, "#2171b5"), (300, "#08306b")]
+STATE_COLOURS = {"reported": "#d7301f", "accepted": "#fc8d59", "dispatched": "#fdbb84", "handling": "#e6550d",
+                 "feedback": "#31a354", "evaluated": "#2b8cbe", "closed": "#999999"}
+
+
+DOT_MARKER = ("function (row) { return L.marker(new L.LatLng(row[0], row[1]), "
+              "{icon: L.divIcon({className: 'gg-dot', iconSize: [8, 8]})}); }")
+
+
+def household_colour(n: int) -> str:
+    colour = HOUSEHOLD_BINS[0][1]
+    for lower, c in HOUSEHOLD_BINS:
+        if n >= lower:
+            colour = c
+    return colour
+
+
+@bp.get("/")
+def one_map():
+    t = i18n.t
+    s = db()
+    district = admin_areas.district(s)
+    cfg = settings()
+    m = folium.Map(location=[30.6, 114.27], zoom_start=14, tiles=None, control_scale=True, prefer_canvas=False)
+    m.options["max_zoom"] = 19
+    if cfg.basemap_url:
+        folium.TileLayer(cfg.basemap_url, attr=cfg.basemap_attribution or "basemap", name="basemap").add_to(m)
+    if district is None:
+        _bar(m, t("title", district="gisgrid"), t("no_data"))
+        return _html(m)
+
+    n_grids = grids.count_current(s)
+    streets = admin_areas.features(s, "street")
+    communities = admin_areas.features(s, "community")
+    folium.GeoJson({"type": "FeatureCollection", "features": admin_areas.features(s, "district")}, name=district.name,
+                   style_function=lambda f: {"color": "#555", "weight": 2, "dashArray": "6 4", "fillOpacity": 0}).add_to(m)
+    grid_feats = grids.summary(s) if n_grids <= PAGE_GRID_LIMIT else []
+    if grid_feats:
+        folium.GeoJson(
+            {"type": "FeatureCollection", "features": grid_feats}, name=t("grids"),
+            style_function=lambda f: {"fillColor": household_colour(f["properties"]["households"]),
+                                      "color": "#3182bd", "weight": 0.8, "fillOpacity": 0.65},
+            highlight_function=lambda f: {"weight": 3, "color": "#e6550d"},
+            tooltip=folium.GeoJsonTooltip(["name", "code", "households", "open_incidents"],
+                                          aliases=[t("grid"), t("code"), t("households"), t("open")]),
+        ).add_to(m)
+    folium.GeoJson({"type": "FeatureCollection", "features": communities}, name=t("communities"),
+                   style_function=lambda f: {"color": "#08306b", "weight": 2.5, "fillOpacity": 0},
+                   tooltip=folium.GeoJsonTooltip(["name", "code"], aliases=[t("community"), t("code")])).add_to(m)
+    folium.GeoJson({"type": "FeatureCollection", "features": streets}, name=t("streets"), show=False,
+                   style_function=lambda f: {"color": "#54278f", "weight": 4, "fillOpacity": 0}).add_to(m)
+
+    open_layer = folium.FeatureGroup(name=t("open_incidents"))
+    open_pts = incidents.points(s, open_only=True, limit=5000)
+    for p in open_pts:
+        folium.CircleMarker([p["lat"], p["lon"]], radius=5, color=STATE_COLOURS[p["state"]], fill=True, fill_opacity=0.9,
+                            weight=1, tooltip=f'{p["code"]} · {incidents.CATEGORIES.get(p["category"], p["category"])} · '
+                                              f'{incidents.STATES[p["state"]]}').add_to(open_layer)
+    open_layer.add_to(m)
+    all_pts = incidents.points(s, limit=20_000)
+    # folium's default callback needs Leaflet.awesome-markers; a plain dot needs nothing.
+    plugins.FastMarkerCluster([[p["lat"], p["lon"]] for p in all_pts], name=t("all_incidents"), show=False,
+                              callback=DOT_MARKER).add_to(m)
+    folium.LayerControl(collapsed=False).add_to(m)
+
+    bounds = _bounds(grid_feats or communities)
+    if bounds:
+        m.fit_bounds(bounds)
+    households = sum(f["properties"]["households"] for f in grid_feats)
+    note = t("stats", grids=n_grids, households=f"{households:,}", open=len(open_pts))
+    if n_grids > PAGE_GRID_LIMIT:
+        note += " " + t("too_many", n=n_grids)
+    _bar(m, t("title", district=district.name), note)
+    _legend(m, t("legend"))
+    return _html(m)
+
+
+def _bounds(features):
+    import shapely
+    from shapely.geometry import shape
+
+    if not features:
+        return None
+    x0, y0, x1, y1 = shapely.total_bounds([shape(f["geometry"]) for f in features])
+    return [[y0, x0], [y1, x1]]
+
+
+def _bar(m, title: str, note: str) -> None:
+    from markupsafe import escape
+
+    m.get_root().html.add_child(folium.Element(
+        f'<div class="gg-bar" id="gg-title"><h1>{escape(title)}</h1><p>{escape(note)}</p></div>'))
+
+
+def _legend(m, title: str) -> None:
+    from markupsafe import escape
+
+    rows = "".join(f'<div><i style="background:{c}"></i>{lo}+</div>' for lo, c in HOUSEHOLD_BINS)
+    m.get_root().html.add_child(folium.Element(f'<div class="gg-legend"><b>{escape(title)}</b>{rows}</div>'))
+
+
+def _html(m) -> Response:
+    html = m.get_root().render()
+    return Response(html, mimetype="text/html")
