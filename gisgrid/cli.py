@@ -223,10 +223,21 @@ def serve():
 
 
 def run():
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    from gisgrid.db.errors import translate
+
     try:
         main(standalone_mode=True)
     except GisgridError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except DBAPIError as e:
+        click.echo(f"error: {translate(e)}", err=True)
+        sys.exit(2)
+    except psycopg.Error as e:   # raw COPY paths
+        click.echo(f"error: database refused the data: {e}", err=True)
         sys.exit(2)
 
 

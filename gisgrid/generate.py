@@ -34,6 +34,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from gisgrid.db.bulk import copy_frame, ewkb_hex, reset_sequence
+from gisgrid.errors import InvalidInput
 from gisgrid.layers import linking
 from gisgrid.layers.incidents import CATEGORIES, STATES
 from gisgrid.spatial import synth
@@ -388,7 +389,9 @@ def build(scale: Scale | str, seed: int = 20261122, until: date | None = None, p
     outside = rng.random(ni) < 0.005          # a few reported just outside the drawn grids
     if district_ll is not None and outside.any():
         minx, miny, maxx, maxy = district_ll.bounds
-        ipts[outside] = np.column_stack([rng.uniform(minx, maxx, outside.sum()), rng.uniform(miny, maxy, outside.sum())])
+        cand = np.column_stack([rng.uniform(minx, maxx, 20 * outside.sum()), rng.uniform(miny, maxy, 20 * outside.sum())])
+        cand = cand[shapely.contains_xy(district_ll, cand[:, 0], cand[:, 1])]     # inside the district
+        ipts[outside] = cand[:outside.sum()]
     end = datetime.combine(until, time(0), tzinfo=timezone.utc)
     age_s = rng.uniform(0, 365 * 86400, ni)
     reported = pd.to_datetime(end - pd.to_timedelta(age_s, unit="s"))
@@ -449,7 +452,7 @@ def load(session: Session, frames: dict[str, pd.DataFrame], *, replace: bool = F
     if replace:
         session.execute(text(f"TRUNCATE {', '.join(LAYER_TABLES)} RESTART IDENTITY CASCADE"))
     elif is_loaded(session):
-        raise ValueError("the database already holds grids; use replace=True (--replace) to start again")
+        raise InvalidInput("the database already holds grids; use --replace to empty every layer table first")
     counts = {}
     for table, df in frames.items():
         counts[table] = copy_frame(session, table, df)

@@ -69,7 +69,8 @@ def import_pbf(session: Session, path: str | Path) -> dict[str, int]:
             "code": ("osm-" + b["osm_type"].astype(str).str[0] + b["id"].astype(str)).to_numpy(),
             "name": b["name"].where(b["name"].notna(), None).to_numpy() if "name" in b else None,
             "households": 0,
-            "floors": [_levels(v) for v in (b["building:levels"] if "building:levels" in b else [None] * len(b))],
+            "floors": pd.array([_levels(v) for v in (b["building:levels"] if "building:levels" in b
+                                                     else [None] * len(b))], dtype="Int64"),
             "source": "osm",
             "geom": ewkb_hex(geoms[ok]),
         }).drop_duplicates("code")

@@ -94,3 +94,47 @@ def two_grids(session):
     writes.add(session, "grid", [{"code": COMMUNITY + "001", "name": "一网格", "geometry": G1},
                                  {"code": COMMUNITY + "002", "name": "二网格", "geometry": G2}])
     return session
+
+
+def create_database(db_url: str, name: str) -> str:
+    """A fresh database in the test cluster; returns its URL."""
+    import psycopg
+
+    host = db_url.split("host=")[1]
+    with psycopg.connect(host=host, user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return db_url.replace("/gisgrid?", f"/{name}?")
+
+
+@pytest.fixture(scope="session")
+def demo_url(db_url) -> str:
+    """A database holding the migrated demo district, committed (for the app, CLI and browser)."""
+    from gisgrid.cli import load_demo
+    from gisgrid.db.engine import make_sessionmaker
+
+    url = create_database(db_url, "gisgrid_demo")
+    eng = make_engine(url)
+    assert load_demo(make_sessionmaker(eng), eng) is True
+    eng.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def app(demo_url, settings):
+    from gisgrid.web import create_app
+
+    app = create_app({"database_url": demo_url, "home": settings.home})
+    yield app
+    app.extensions["gisgrid"]["engine"].dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def gisgrid_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GISGRID_")}
+    env.update(extra)
+    return env

@@ -33,7 +33,8 @@ class PatrolPoint(Linked, Base):
 
 class PatrolRoute(Linked, Base):
     __tablename__ = "patrol_route"
-    __table_args__ = (valid(), types("geom", "LineString", "MultiLineString"), gist("patrol_route"))
+    __table_args__ = (valid(), types("geom", "LineString", "MultiLineString"), gist("patrol_route"),
+                      gist("patrol_route", "anchor"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(String(40), unique=True)

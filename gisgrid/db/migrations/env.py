@@ -9,16 +9,10 @@ from sqlalchemy import engine_from_config, pool
 
 import gisgrid.layers  # noqa: F401  registers every table
 from gisgrid.db.base import Base
+from gisgrid.db.migrations_support import include_object
 
 config = context.config
 target_metadata = Base.metadata
-
-
-def include_object(obj, name, type_, reflected, compare_to):
-    # PostGIS' own tables (spatial_ref_sys, topology…) are not ours.
-    if type_ == "table" and reflected and compare_to is None:
-        return False
-    return alembic_helpers.include_object(obj, name, type_, reflected, compare_to)
 
 
 def _configure(connection):

@@ -281,6 +281,7 @@ def upgrade() -> None:
     op.create_index(op.f('ix_patrol_route_community_code'), 'patrol_route', ['community_code'], unique=False)
     op.create_index(op.f('ix_patrol_route_district_code'), 'patrol_route', ['district_code'], unique=False)
     op.create_geospatial_index('ix_patrol_route_geom', 'patrol_route', ['geom'], unique=False, postgresql_using='gist', postgresql_ops={})
+    op.create_geospatial_index('ix_patrol_route_anchor', 'patrol_route', ['anchor'], unique=False, postgresql_using='gist', postgresql_ops={})
     op.create_index(op.f('ix_patrol_route_grid_id'), 'patrol_route', ['grid_id'], unique=False)
     op.create_index(op.f('ix_patrol_route_street_code'), 'patrol_route', ['street_code'], unique=False)
     op.create_geospatial_table('place',
@@ -374,6 +375,7 @@ def downgrade() -> None:
     op.drop_index(op.f('ix_patrol_route_street_code'), table_name='patrol_route')
     op.drop_index(op.f('ix_patrol_route_grid_id'), table_name='patrol_route')
     op.drop_geospatial_index('ix_patrol_route_geom', table_name='patrol_route', postgresql_using='gist', column_name='geom')
+    op.drop_geospatial_index('ix_patrol_route_anchor', table_name='patrol_route', postgresql_using='gist', column_name='anchor')
     op.drop_index(op.f('ix_patrol_route_district_code'), table_name='patrol_route')
     op.drop_index(op.f('ix_patrol_route_community_code'), table_name='patrol_route')
     op.drop_geospatial_table('patrol_route')
