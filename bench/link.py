@@ -38,3 +38,41 @@ POLY_DRIVEN = ("FROM grid g CROSS JOIN LATERAL (SELECT id FROM incident p WHERE 
 
 def log(*a):
     print(*a, flush=True)
+
+
+# -- setup ------------------------------------------------------------------------------------
+def connect(scale: str):
+    os.environ.setdefault("GISGRID_HOME", SCALE_DEFAULT_HOME[scale])
+    os.environ.setdefault("GISGRID_PG_FAST", "1")
+    from gisgrid import config
+    from gisgrid.db.engine import database_url, make_engine, make_sessionmaker
+
+    home = config.load().home
+    if config.load().embedded:
+        home.mkdir(parents=True, exist_ok=True)
+        home.chmod(0o755)
+    engine = make_engine(database_url(config.load()))
+    dsn = engine.url.render_as_string(hide_password=False).replace("postgresql+psycopg://", "postgresql://")
+    return engine, make_sessionmaker(engine), dsn
+
+
+def ensure_dataset(engine, Session, scale: str) -> None:
+    from gisgrid import generate as gen
+    from gisgrid.db import migrate
+    from sqlalchemy import text
+
+    migrate.upgrade(engine)
+    want = gen.SCALES[scale]
+    with Session() as s:
+        n_grid = s.scalar(text("SELECT count(*) FROM grid"))
+        n_inc = s.scalar(text("SELECT count(*) FROM incident"))
+    if n_inc == want.incidents and (scale != "city" or n_grid == 40_000):
+        log(f"dataset {scale}: {n_grid:,} grids, {n_inc:,} incidents (already loaded)")
+        return
+    log(f"dataset {scale} not loaded ({n_grid:,} grids, {n_inc:,} incidents): generating with replace…")
+    t0 = time.perf_counter()
+    tick = lambda what, n: log(f"  {time.perf_counter() - t0:7.1f} s  {what}: {n:,}")  # noqa: E731
+    frames = gen.build(scale, progress=tick)
+    with Session.begin() as s:
+        gen.load(s, frames, replace=True, progress=tick)
+    log(f"generation + load: {time.perf_counter() - t0:.0f} s")

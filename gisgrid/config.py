@@ -6,7 +6,7 @@ Importing this module reads nothing: call :func:`load`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -32,7 +32,6 @@ class Settings:
     basemap_attribution: str = ""
     #: ``GISGRID_SECRET_KEY``: Flask session signing key.
     secret_key: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def embedded(self) -> bool:

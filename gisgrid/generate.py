@@ -19,7 +19,6 @@ can never be mistaken for real ones). The same seed and ``until`` give the same 
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
@@ -463,7 +462,3 @@ def load(session: Session, frames: dict[str, pd.DataFrame], *, replace: bool = F
     tick("linked", 1)
     return counts
 
-
-def read_csv_rows(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from shapely.geometry import box
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from gisgrid.config import Settings

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 from datetime import date
 
-import numpy as np
 import pandas as pd
 import pytest
 import shapely

@@ -1,7 +1,7 @@
 """Engine and sessions. One sessionmaker per app; layer functions take the session and never commit."""
 from __future__ import annotations
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import shapely
 from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, Integer, String, func, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gisgrid.db.base import Base
-from gisgrid.errors import InvalidInput
 from gisgrid.layers._columns import geom_type, gist, types, valid
 
 KINDS = ("urban", "rural")
@@ -77,30 +75,6 @@ def grid_at(session: Session, lon: float, lat: float) -> dict | None:
     p = point(lon, lat)
     row = session.execute(LOOKUP_SQL, {"lon": p.x, "lat": p.y}).mappings().first()
     return dict(row) if row else None
-
-
-def current(session: Session, community_code: str | None = None) -> list[Grid]:
-    q = select(Grid).where(Grid.valid_to.is_(None)).order_by(Grid.code)
-    if community_code:
-        q = q.where(Grid.community_code == community_code)
-    return list(session.scalars(q))
-
-
-def next_code(session: Session, community_code: str) -> str:
-    """The next free grid code in a community (serials never reused, history included)."""
-    last = session.scalar(
-        select(func.max(Grid.code)).where(Grid.community_code == community_code, func.length(Grid.code) == 15))
-    serial = int(last[12:]) + 1 if last else 1
-    if serial > 999:
-        raise InvalidInput(f"community {community_code} has used all 999 grid serials")
-    return f"{community_code}{serial:03d}"
-
-
-def to_feature(grid: Grid, **props) -> dict:
-    from geoalchemy2.shape import to_shape
-
-    return {"type": "Feature", "geometry": shapely.geometry.mapping(to_shape(grid.geom)),
-            "properties": {"code": grid.code, "name": grid.name, "community_code": grid.community_code, **props}}
 
 
 def summary(session: Session, *, limit: int | None = None) -> list[dict]:

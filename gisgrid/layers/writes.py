@@ -81,6 +81,7 @@ def _resident(session: Session, rec: dict, label: str) -> dict:
     return rec
 
 
+_EXTRA_FIELDS = {"resident": {"building_code"}, "grid": {"community_code"}}
 _PREPARE = {"admin_area": _admin_area, "grid": _grid, "resident": _resident}
 
 
@@ -113,9 +114,7 @@ def add(session: Session, layer: str, records: list[dict], *, crs: str = "EPSG:4
     if layer not in SPEC:
         raise InvalidInput(f"unknown layer {layer!r}; layers: {', '.join(SPEC)}", field="layer")
     model, allowed, geom_required = SPEC[layer]
-    known = _columns(model) | {"geometry"} | ({"building_code"} if layer == "resident" else set())
-    if layer in ("admin_area", "grid"):
-        known |= {"community_code"} if layer == "grid" else set()
+    known = _columns(model) | {"geometry"} | _EXTRA_FIELDS.get(layer, set())
     rows, seen = [], {}
     for i, raw in enumerate(records, start=1):
         label = f"{layer} #{i}" + (f" {raw.get('code')}" if isinstance(raw, dict) and raw.get("code") else "")

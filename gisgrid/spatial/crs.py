@@ -21,8 +21,8 @@ def gk_zone_for(lon: float) -> str:
     return f"EPSG:{4534 + (cm - 75) // 3}"
 
 
-def parse(crs) -> "pyproj.CRS":  # noqa: F821
-    """A pyproj CRS from ``"EPSG:4490"``, ``4490`` or any string pyproj accepts; a clear error
+def parse(crs):
+    """A ``pyproj.CRS`` from ``"EPSG:4490"``, ``4490`` or any string pyproj accepts; a clear error
     naming the value otherwise."""
     import pyproj
 
