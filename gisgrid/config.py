@@ -30,8 +30,14 @@ class Settings:
     #: the district's own layers draw the map.
     basemap_url: str = ""
     basemap_attribution: str = ""
-    #: ``GISGRID_SECRET_KEY``: Flask session signing key.
+    #: ``GISGRID_SECRET_KEY``: Flask session signing key. Empty = a random key kept in
+    #: ``$GISGRID_HOME/secret_key`` (mode 0600), created on first use.
     secret_key: str = ""
+    #: ``GISGRID_COOKIE_SECURE``: send the session cookie over HTTPS only (browsers also accept
+    #: Secure cookies from http://localhost and 127.0.0.1, so the demo works with it on).
+    cookie_secure: bool = True
+    #: ``GISGRID_LOGIN_LIMIT``: login attempts per client address (Flask-Limiter syntax).
+    login_limit: str = "10 per minute"
 
     @property
     def embedded(self) -> bool:
@@ -65,4 +71,6 @@ def load(env: dict | None = None) -> Settings:
         basemap_url=env.get("GISGRID_BASEMAP_URL", ""),
         basemap_attribution=env.get("GISGRID_BASEMAP_ATTRIBUTION", ""),
         secret_key=env.get("GISGRID_SECRET_KEY", ""),
+        cookie_secure=_bool(env.get("GISGRID_COOKIE_SECURE", "1")),
+        login_limit=env.get("GISGRID_LOGIN_LIMIT", "10 per minute"),
     )

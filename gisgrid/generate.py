@@ -32,6 +32,7 @@ from shapely.geometry import shape
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from gisgrid import pii
 from gisgrid.db.bulk import copy_frame, ewkb_hex, reset_sequence
 from gisgrid.errors import InvalidInput
 from gisgrid.layers import linking
@@ -156,8 +157,22 @@ def _choice(rng, weights: dict, n: int) -> np.ndarray:
     return np.array(keys)[rng.choice(len(keys), n, p=p / p.sum())]
 
 
-def build(scale: Scale | str, seed: int = 20261122, until: date | None = None, progress=None) -> dict[str, pd.DataFrame]:
-    """Every table of a dataset as frames (geometries as hex EWKB, ids assigned), ready for COPY."""
+def _protected(vault, ids: np.ndarray, phones: np.ndarray) -> dict[str, np.ndarray]:
+    """Encrypted, masked and indexed columns for clear ID numbers and phones (see gisgrid.pii)."""
+    return {
+        "id_number_enc": np.array([vault.encrypt(v).decode() for v in ids], dtype=object),
+        "id_number_masked": np.array([pii.mask_id(v) for v in ids], dtype=object),
+        "id_number_index": np.array([vault.index(v) for v in ids], dtype=object),
+        "phone_enc": np.array([vault.encrypt(v).decode() for v in phones], dtype=object),
+        "phone_masked": np.array([pii.mask_phone(v) for v in phones], dtype=object),
+    }
+
+
+def build(scale: Scale | str, seed: int = 20261122, until: date | None = None, progress=None,
+          vault=None) -> dict[str, pd.DataFrame]:
+    """Every table of a dataset as frames (geometries as hex EWKB, ids assigned), ready for COPY.
+
+    Personal data is encrypted with ``vault`` (default: the key from the environment)."""
     scale = SCALES[scale] if isinstance(scale, str) else scale
     until = until or datetime.now(timezone.utc).date()
     rng = np.random.default_rng(seed)
@@ -302,8 +317,9 @@ def build(scale: Scale | str, seed: int = 20261122, until: date | None = None, p
     resident = pd.DataFrame({
         "id": np.arange(1, nr + 1), "code": np.char.add("P", np.char.zfill(np.arange(1, nr + 1).astype(str), 8)),
         "name": _names(rng, nr), "gender": gender, "birth_date": pd.to_datetime(birth).date,
-        "id_number": id_numbers(region, birth, np.arange(nr) * 2 + (gender == "F")),
-        "phone": _phones(rng, nr), "tags": tags,
+        **_protected(vault or pii.vault(), id_numbers(region, birth, np.arange(nr) * 2 + (gender == "F")),
+                     _phones(rng, nr)),
+        "tags": tags,
         "building_id": pd.array(np.where(no_building, 0, rb + 1), dtype="Int64"),
         "geom": pd.Series(ewkb_hex(pts), dtype=object),
     })
@@ -444,7 +460,8 @@ def is_loaded(session: Session) -> bool:
     return bool(session.execute(text("SELECT EXISTS (SELECT 1 FROM grid)")).scalar())
 
 
-def load(session: Session, frames: dict[str, pd.DataFrame], *, replace: bool = False, progress=None) -> dict[str, int]:
+def load(session: Session, frames: dict[str, pd.DataFrame], *, replace: bool = False, progress=None,
+         actor: str | None = None) -> dict[str, int]:
     """Write a generated dataset in the caller's transaction and link it. Refuses to mix with
     existing layer data unless ``replace`` (which empties every layer table first)."""
     tick = progress or (lambda *_: None)
@@ -460,5 +477,8 @@ def load(session: Session, frames: dict[str, pd.DataFrame], *, replace: bool = F
     session.execute(text("ANALYZE"))
     linking.relink(session)
     tick("linked", 1)
+    from gisgrid.layers import audit
+
+    audit.record(session, actor, "bulk_load", "dataset", None, after={"tables": counts, "replace": replace})
     return counts
 

@@ -42,7 +42,7 @@ def _levels(v) -> int | None:
     return n if n > 0 else None
 
 
-def import_pbf(session: Session, path: str | Path) -> dict[str, int]:
+def import_pbf(session: Session, path: str | Path, *, actor: str | None = None) -> dict[str, int]:
     """Load buildings and roads from ``path``; returns counts (``buildings``, ``roads``,
     ``repaired``, ``skipped``)."""
     from pyrosm import OSM
@@ -91,4 +91,7 @@ def import_pbf(session: Session, path: str | Path) -> dict[str, int]:
         reset_sequence(session, "road")
     ids = [i for (i,) in session.execute(text("SELECT id FROM building WHERE id > :s"), {"s": start_b})]
     linking.link_ids(session, "building", ids)
+    from gisgrid.layers import audit
+
+    audit.record(session, actor, "bulk_load", "osm", None, after={"file": path.name, **counts})
     return counts

@@ -26,6 +26,9 @@ from gisgrid.db import migrate
 from gisgrid.db.cluster import Cluster
 from gisgrid.db.engine import make_engine
 
+# Personal data is encrypted with a key from the environment: a fresh one per test run.
+os.environ.setdefault("GISGRID_PII_KEY", __import__("cryptography.fernet", fromlist=["Fernet"]).Fernet.generate_key().decode())
+
 DISTRICT, STREET, COMMUNITY = "420103000000", "420103001000", "420103001001"
 G1 = box(114.00, 30.00, 114.01, 30.01)
 G2 = box(114.01, 30.00, 114.02, 30.01)
@@ -107,14 +110,18 @@ def create_database(db_url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def demo_url(db_url) -> str:
+def demo_url(db_url, settings) -> str:
     """A database holding the migrated demo district, committed (for the app, CLI and browser)."""
     from gisgrid.cli import load_demo
     from gisgrid.db.engine import make_sessionmaker
 
+    from gisgrid.cli import demo_accounts
+
     url = create_database(db_url, "gisgrid_demo")
     eng = make_engine(url)
-    assert load_demo(make_sessionmaker(eng), eng) is True
+    Session = make_sessionmaker(eng)
+    assert load_demo(Session, eng) is True
+    demo_accounts(Session, settings.home)
     eng.dispose()
     return url
 
@@ -123,14 +130,39 @@ def demo_url(db_url) -> str:
 def app(demo_url, settings):
     from gisgrid.web import create_app
 
-    app = create_app({"database_url": demo_url, "home": settings.home})
+    app = create_app({"database_url": demo_url, "home": settings.home, "login_limit": "1000 per minute"})
     yield app
     app.extensions["gisgrid"]["engine"].dispose()
 
 
 @pytest.fixture
-def client(app):
+def anonymous(app):
     return app.test_client()
+
+
+def login_as(app, username: str):
+    """A test client with a session for ``username`` (as after a real login)."""
+    from gisgrid.layers import users
+
+    c = app.test_client()
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        u = users.get(s, username)
+        uid, sv = u.id, u.session_version
+    with c.session_transaction() as sess:
+        sess["uid"], sess["sv"] = uid, sv
+    return c
+
+
+@pytest.fixture
+def client(app):
+    """Logged in as the demo admin."""
+    return login_as(app, "admin")
+
+
+@pytest.fixture
+def demo_passwords(settings) -> dict[str, str]:
+    path = settings.home / "demo-accounts.txt"
+    return dict(line.split("\t", 1) for line in path.read_text().splitlines())
 
 
 def gisgrid_env(**extra) -> dict:

@@ -18,8 +18,10 @@ def demo():
 
 
 def digest(frames):
+    """Of everything but ciphertexts (Fernet uses a random IV and a timestamp by design)."""
     h = hashlib.sha256()
     for name, df in frames.items():
+        df = df.drop(columns=[c for c in df.columns if c.endswith("_enc")])
         h.update(name.encode())
         h.update(pd.util.hash_pandas_object(df.astype(str), index=False).values.tobytes())
     return h.hexdigest()
@@ -28,6 +30,17 @@ def digest(frames):
 def test_same_seed_same_data_other_seed_other_data(demo):
     assert digest(generate.build("demo", seed=7, until=date(2026, 11, 1))) == digest(demo)
     assert digest(generate.build("demo", seed=8, until=date(2026, 11, 1))) != digest(demo)
+
+
+def test_personal_data_is_encrypted_masked_and_decryptable(demo):
+    from gisgrid import pii
+
+    r = demo["resident"].iloc[0]
+    clear = pii.vault().decrypt(r.id_number_enc.encode())
+    assert pii.check_id_number(clear) == clear and pii.mask_id(clear) == r.id_number_masked
+    assert r.id_number_masked[4:14] == "*" * 10 and r.phone_masked[3:7] == "****"
+    assert "id_number" not in demo["resident"] and "phone" not in demo["resident"]
+    assert pii.vault().index(clear) == r.id_number_index
 
 
 def test_demo_meets_the_sizes_the_issue_names(demo):
@@ -88,3 +101,18 @@ def test_load_links_everything_and_keeps_outliers(session, demo):
              "WHERE NOT ST_Intersects(g.geom, b.anchor)") == 0
     with pytest.raises(Exception, match="already holds grids"):
         generate.load(session, demo)
+
+
+def test_synthetic_city_path_small():
+    """The city scale's code path (synthetic codes under province 99, several districts) at toy size."""
+    tiny = generate.Scale("tiny", 200, 3, 4, 250, 500, 300, 12, 20, districts=2, synthetic_streets=2,
+                          synthetic_communities=2)
+    f = generate.build(tiny, seed=1, until=date(2026, 1, 1))
+    assert len(f["grid"]) == 2 * 2 * 2 * 3
+    assert f["admin_area"].code.str.startswith("99").all()
+    assert (f["admin_area"].level == "district").sum() == 2
+    grids = shapely.from_wkb(f["grid"].geom.to_numpy())
+    assert shapely.coverage_is_valid(grids)
+    districts = f["admin_area"].query("level == 'district'")
+    assert districts.geom.notna().all()
+    assert len(f["incident"]) == 300 and len(f["resident"]) == 500

@@ -69,17 +69,18 @@ def get(session: Session, code: str) -> AdminArea:
     return area
 
 
-def features(session: Session, level: str) -> list[dict]:
-    """Admin areas of one level that have a geometry, as GeoJSON features."""
+def features(session: Session, level: str, scope: tuple[str, dict] = ("TRUE", {})) -> list[dict]:
+    """Admin areas of one level that have a geometry, as GeoJSON features; ``scope`` from
+    :func:`gisgrid.authz.admin_area_sql`."""
     import json
 
-    from sqlalchemy import func
+    from sqlalchemy import text
 
     if level not in LEVELS:
         raise InvalidInput(f"level must be one of {LEVELS}, got {level!r}", field="level")
-    rows = session.execute(
-        select(AdminArea.code, AdminArea.name, func.ST_AsGeoJSON(AdminArea.geom, 6))
-        .where(AdminArea.level == level, AdminArea.geom.is_not(None)).order_by(AdminArea.code)).all()
+    rows = session.execute(text(
+        "SELECT code, name, ST_AsGeoJSON(geom, 6) FROM admin_area "
+        f"WHERE level = :level AND geom IS NOT NULL AND {scope[0]} ORDER BY code"), {"level": level, **scope[1]}).all()
     return [{"type": "Feature", "geometry": json.loads(g), "properties": {"code": c, "name": n}} for c, n, g in rows]
 
 

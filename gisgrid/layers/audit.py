@@ -1,11 +1,16 @@
-"""The audit log: who did what to which record, when, with the before and after values."""
+"""The audit log: who did what to which record, when, with the before and after values, and
+every read of a person's unmasked data (who, whom, when, why).
+
+Rows are only ever inserted, in the same transaction as the act they record, so an act and its
+audit row are committed or lost together. Personal values never enter the log in clear.
+"""
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, String, Text, func
+from sqlalchemy import DateTime, String, Text, func, select
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gisgrid.db.base import Base
 
@@ -22,3 +27,38 @@ class AuditLog(Base):
     before: Mapped[dict | None] = mapped_column(JSONB)
     after: Mapped[dict | None] = mapped_column(JSONB)
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+def record(session: Session, actor: str | None, action: str, entity: str, entity_id=None, *,
+           before: dict | None = None, after: dict | None = None, reason: str | None = None) -> None:
+    """Add one audit row in the caller's transaction."""
+    session.add(AuditLog(actor=actor, action=action, entity=entity,
+                         entity_id=None if entity_id is None else str(entity_id),
+                         before=before, after=after, reason=reason))
+
+
+def record_many(session: Session, actor: str | None, action: str, entity: str, rows: list[tuple]) -> None:
+    """Audit rows ``(entity_id, before, after)`` in one statement."""
+    from sqlalchemy import insert
+
+    if rows:
+        session.execute(insert(AuditLog), [
+            {"actor": actor, "action": action, "entity": entity, "entity_id": str(i), "before": b, "after": a}
+            for i, b, a in rows])
+
+
+def query(session: Session, *, actor: str | None = None, entity: str | None = None, action: str | None = None,
+          since: datetime | None = None, until: datetime | None = None, limit: int = 100) -> list[AuditLog]:
+    """Newest first, filtered."""
+    q = select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)
+    if actor:
+        q = q.where(AuditLog.actor == actor)
+    if entity:
+        q = q.where(AuditLog.entity == entity)
+    if action:
+        q = q.where(AuditLog.action == action)
+    if since:
+        q = q.where(AuditLog.at >= since)
+    if until:
+        q = q.where(AuditLog.at < until)
+    return list(session.scalars(q))

@@ -77,9 +77,13 @@ def grid_at(session: Session, lon: float, lat: float) -> dict | None:
     return dict(row) if row else None
 
 
-def summary(session: Session, *, limit: int | None = None) -> list[dict]:
-    """Current grids with households, residents and open incidents, as GeoJSON features
-    (coordinates to 6 decimals, about 10 cm)."""
+ALL = ("TRUE", {})
+
+
+def summary(session: Session, *, limit: int | None = None, scope: tuple[str, dict] = ALL) -> list[dict]:
+    """Current grids with households, buildings and open incidents, as GeoJSON features
+    (coordinates to 6 decimals, about 10 cm). ``scope`` is a condition on ``g`` from
+    :func:`gisgrid.authz.scope_sql` (``grid_col="code"``)."""
     from gisgrid.layers.incidents import OPEN_STATES
 
     rows = session.execute(text(
@@ -88,8 +92,8 @@ def summary(session: Session, *, limit: int | None = None) -> list[dict]:
         "FROM grid g "
         "LEFT JOIN (SELECT grid_id, sum(households) AS hh, count(*) AS n FROM building GROUP BY grid_id) b ON b.grid_id = g.id "
         "LEFT JOIN (SELECT grid_id, count(*) AS n FROM incident WHERE state = ANY(:open) GROUP BY grid_id) i "
-        "ON i.grid_id = g.id WHERE g.valid_to IS NULL ORDER BY g.code LIMIT :limit"),
-        {"open": list(OPEN_STATES), "limit": limit}).mappings()
+        f"ON i.grid_id = g.id WHERE g.valid_to IS NULL AND {scope[0]} ORDER BY g.code LIMIT :limit"),
+        {"open": list(OPEN_STATES), "limit": limit, **scope[1]}).mappings()
     import json
 
     return [{"type": "Feature", "geometry": json.loads(r["geojson"]),
@@ -97,5 +101,6 @@ def summary(session: Session, *, limit: int | None = None) -> list[dict]:
                                               "open_incidents")}} for r in rows]
 
 
-def count_current(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(Grid).where(Grid.valid_to.is_(None)))
+def count_current(session: Session, scope: tuple[str, dict] = ALL) -> int:
+    return session.execute(text(f"SELECT count(*) FROM grid g WHERE valid_to IS NULL AND {scope[0]}"),
+                           scope[1]).scalar()

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from gisgrid.db.base import SRID
 from gisgrid.db.errors import translate
 from gisgrid.errors import DuplicateCode, InvalidInput, UnknownReference
-from gisgrid.layers import admin_areas, linking
+from gisgrid import pii
+from gisgrid.layers import admin_areas, audit, linking, residents
 from gisgrid.layers.admin_areas import AdminArea
 from gisgrid.layers.buildings import Building
 from gisgrid.layers.grids import Grid
@@ -78,14 +79,45 @@ def _resident(session: Session, rec: dict, label: str) -> dict:
     if rec.get("building_id") is None and rec.get("geom") is None:
         raise InvalidInput("a resident needs a building (building_code) or a point (geometry)",
                            record=label, field="building_code")
+    clear = {}
+    for name, check in (("id_number", pii.check_id_number), ("phone", pii.check_phone)):
+        value = rec.pop(name, None)
+        if value is not None:
+            try:
+                clear[name] = check(value)
+            except InvalidInput as e:
+                raise InvalidInput(e.message, record=label, field=name) from None
+    if clear:
+        rec.update(residents.protect(pii.vault(), clear.get("id_number"), clear.get("phone")))
     return rec
 
 
-_EXTRA_FIELDS = {"resident": {"building_code"}, "grid": {"community_code"}}
+_EXTRA_FIELDS = {"resident": {"building_code", "id_number", "phone"}, "grid": {"community_code"}}
 _PREPARE = {"admin_area": _admin_area, "grid": _grid, "resident": _resident}
 
 
-def add(session: Session, layer: str, records: list[dict], *, crs: str = "EPSG:4326") -> list[int]:
+def _audit_value(rec: dict) -> dict:
+    """What the audit log keeps of a written record: every column but ciphertexts and blind
+    indexes (the masked forms stay), geometry as GeoJSON."""
+    import json
+
+    import shapely
+    from geoalchemy2.shape import to_shape
+
+    out = {}
+    for k, v in rec.items():
+        if k.endswith(("_enc", "_index")):
+            continue
+        if k == "geom" and v is not None:
+            v = json.loads(shapely.to_geojson(to_shape(v)))
+        elif hasattr(v, "isoformat"):
+            v = v.isoformat()
+        out[k] = v
+    return out
+
+
+def add(session: Session, layer: str, records: list[dict], *, crs: str = "EPSG:4326",
+        actor: str | None = None) -> list[int]:
     """Insert records of one layer and link them, all or nothing.
 
     Parameters
@@ -100,6 +132,8 @@ def add(session: Session, layer: str, records: list[dict], *, crs: str = "EPSG:4
         in ``crs``. A resident may name its building by ``building_code``.
     crs : str, default "EPSG:4326"
         CRS of the geometries; reprojected to EPSG:4326.
+    actor : str, optional
+        Who writes; every record gets an audit row (``action="create"``) in the same transaction.
 
     Returns
     -------
@@ -149,6 +183,8 @@ def add(session: Session, layer: str, records: list[dict], *, crs: str = "EPSG:4
             ids = list(session.scalars(insert(model).returning(model.id, sort_by_parameter_order=True), rows))
             if layer in linking.ORDER:
                 linking.link_ids(session, layer, ids)
+            audit.record_many(session, actor, "create", layer,
+                              [(i, None, _audit_value(r)) for i, r in zip(ids, rows)])
     except DBAPIError as e:
         raise translate(e, record=f"{layer} batch of {len(rows)}") from e
     return ids

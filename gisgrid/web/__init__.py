@@ -10,17 +10,29 @@ def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
     from gisgrid.db.engine import database_url, make_engine, make_sessionmaker
-    from gisgrid.web import api, assets, errors, pages
+    from gisgrid.web import api, assets, auth, errors, pages, security
 
     settings = config.load().with_overrides(overrides)
     app = Flask(__name__)
-    app.config.update(SECRET_KEY=settings.secret_key or None, MAX_CONTENT_LENGTH=16 * 1024 * 1024,
-                      JSON_AS_ASCII=False)
+    app.config.update(
+        SECRET_KEY=settings.secret_key or _secret_key_file(settings.home),
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+        SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_SECURE=settings.cookie_secure,
+        SESSION_COOKIE_NAME="gisgrid_session", PERMANENT_SESSION_LIFETIME=12 * 3600,
+        WTF_CSRF_CHECK_DEFAULT=False,        # auth.load_principal checks CSRF for session requests only
+        WTF_CSRF_TIME_LIMIT=12 * 3600,
+        GISGRID_LOGIN_LIMIT=settings.login_limit,
+    )
     app.json.ensure_ascii = False
     engine = make_engine(database_url(settings), statement_timeout_ms=30_000)
     app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine)}
     assets.localise_folium()
     errors.register(app)
+    security.register(app, settings.basemap_url)
+    auth.csrf.init_app(app)
+    auth.limiter.init_app(app)
+    app.before_request(auth.load_principal)
+    app.register_blueprint(auth.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
 
@@ -31,6 +43,20 @@ def create_app(overrides: dict | None = None) -> Flask:
             s.close()
 
     return app
+
+
+def _secret_key_file(home) -> str:
+    import os
+    import secrets
+    from pathlib import Path
+
+    path = Path(home) / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
 
 
 def db():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Flask, jsonify, request
 from sqlalchemy.exc import OperationalError
+from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from gisgrid.errors import GisgridError
@@ -23,6 +24,11 @@ def register(app: Flask) -> None:
     def _db_down(e):
         body = {"error": "DatabaseUnavailable", "message": "the database did not answer in time; retry shortly"}
         return (jsonify(body), 503) if _wants_json() else (f"<p>{body['message']}</p>", 503)
+
+    @app.errorhandler(CSRFError)
+    def _csrf(e):
+        body = {"error": "CSRFError", "message": f"{e.description}: send the csrf_token form field or X-CSRFToken header"}
+        return (jsonify(body), 400) if _wants_json() else (f"<p>{body['message']}</p>", 400)
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):

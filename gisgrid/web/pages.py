@@ -5,8 +5,10 @@ import folium
 import folium.plugins as plugins
 from flask import Blueprint, Response
 
+from gisgrid import authz
 from gisgrid.layers import admin_areas, grids, incidents
-from gisgrid.web import db, i18n, settings
+from gisgrid.web import db, i18n, security, settings
+from gisgrid.web.auth import needs, principal, public
 
 bp = Blueprint("pages", __name__)
 
@@ -28,10 +30,25 @@ def household_colour(n: int) -> str:
     return colour
 
 
+@bp.get("/healthz")
+@public
+def healthz():
+    """Liveness and database reachability, for load balancers and the tests (no data)."""
+    from flask import jsonify
+    from sqlalchemy import text
+
+    db().execute(text("SELECT 1"))
+    return jsonify({"ok": True})
+
+
 @bp.get("/")
+@needs("read")
 def one_map():
     t = i18n.t
     s = db()
+    who = principal()
+    scope, grid_scope, area_scope = authz.scope_sql(who), authz.scope_sql(who, "g", grid_col="code"), \
+        authz.admin_area_sql(who)
     district = admin_areas.district(s)
     cfg = settings()
     m = folium.Map(location=[30.6, 114.27], zoom_start=14, tiles=None, control_scale=True, prefer_canvas=False)
@@ -42,12 +59,13 @@ def one_map():
         _bar(m, t("title", district="gisgrid"), t("no_data"))
         return _html(m)
 
-    n_grids = grids.count_current(s)
-    streets = admin_areas.features(s, "street")
-    communities = admin_areas.features(s, "community")
-    folium.GeoJson({"type": "FeatureCollection", "features": admin_areas.features(s, "district")}, name=district.name,
+    n_grids = grids.count_current(s, grid_scope)
+    streets = admin_areas.features(s, "street", area_scope)
+    communities = admin_areas.features(s, "community", area_scope)
+    folium.GeoJson({"type": "FeatureCollection", "features": admin_areas.features(s, "district", area_scope)},
+                   name=district.name,
                    style_function=lambda f: {"color": "#555", "weight": 2, "dashArray": "6 4", "fillOpacity": 0}).add_to(m)
-    grid_feats = grids.summary(s) if n_grids <= PAGE_GRID_LIMIT else []
+    grid_feats = grids.summary(s, scope=grid_scope) if n_grids <= PAGE_GRID_LIMIT else []
     if grid_feats:
         folium.GeoJson(
             {"type": "FeatureCollection", "features": grid_feats}, name=t("grids"),
@@ -64,13 +82,13 @@ def one_map():
                    style_function=lambda f: {"color": "#54278f", "weight": 4, "fillOpacity": 0}).add_to(m)
 
     open_layer = folium.FeatureGroup(name=t("open_incidents"))
-    open_pts = incidents.points(s, open_only=True, limit=5000)
+    open_pts = incidents.points(s, open_only=True, limit=5000, scope=scope)
     for p in open_pts:
         folium.CircleMarker([p["lat"], p["lon"]], radius=5, color=STATE_COLOURS[p["state"]], fill=True, fill_opacity=0.9,
                             weight=1, tooltip=f'{p["code"]} · {incidents.CATEGORIES.get(p["category"], p["category"])} · '
                                               f'{incidents.STATES[p["state"]]}').add_to(open_layer)
     open_layer.add_to(m)
-    all_pts = incidents.points(s, limit=20_000)
+    all_pts = incidents.points(s, limit=20_000, scope=scope)
     # folium's default callback needs Leaflet.awesome-markers; a plain dot needs nothing.
     plugins.FastMarkerCluster([[p["lat"], p["lon"]] for p in all_pts], name=t("all_incidents"), show=False,
                               callback=DOT_MARKER).add_to(m)
@@ -83,7 +101,7 @@ def one_map():
     note = t("stats", grids=n_grids, households=f"{households:,}", open=len(open_pts))
     if n_grids > PAGE_GRID_LIMIT:
         note += " " + t("too_many", n=n_grids)
-    _bar(m, t("title", district=district.name), note)
+    _bar(m, t("title", district=district.name), note, who)
     _legend(m, t("legend"))
     return _html(m)
 
@@ -98,11 +116,19 @@ def _bounds(features):
     return [[y0, x0], [y1, x1]]
 
 
-def _bar(m, title: str, note: str) -> None:
+def _bar(m, title: str, note: str, who=None) -> None:
+    from flask_wtf.csrf import generate_csrf
     from markupsafe import escape
 
+    from gisgrid.layers.users import ROLES
+
+    account = ""
+    if who is not None:
+        account = (f'<p>{escape(i18n.t("signed_in_as", user=who.username, role=ROLES[who.role]))} · '
+                   f'<form method="post" action="/logout"><input type="hidden" name="csrf_token" '
+                   f'value="{generate_csrf()}"><button class="gg-link">{escape(i18n.t("logout"))}</button></form></p>')
     m.get_root().html.add_child(folium.Element(
-        f'<div class="gg-bar" id="gg-title"><h1>{escape(title)}</h1><p>{escape(note)}</p></div>'))
+        f'<div class="gg-bar" id="gg-title"><h1>{escape(title)}</h1><p>{escape(note)}</p>{account}</div>'))
 
 
 def _legend(m, title: str) -> None:
@@ -113,5 +139,4 @@ def _legend(m, title: str) -> None:
 
 
 def _html(m) -> Response:
-    html = m.get_root().render()
-    return Response(html, mimetype="text/html")
+    return Response(security.add_nonce(m.get_root().render()), mimetype="text/html")

@@ -1,0 +1,157 @@
+"""Authentication and the per-endpoint access rule, for every request.
+
+* Pages log in with a session cookie (HttpOnly, SameSite=Lax, Secure unless
+  ``GISGRID_COOKIE_SECURE=0``) and every unsafe request made with a session carries a CSRF
+  token (Flask-WTF). Devices and integrations send ``Authorization: Bearer ggt_…`` (no cookie,
+  so no CSRF).
+* Every view declares what it needs with ``@needs("read")`` (an action of
+  :mod:`gisgrid.authz`) or ``@public``. A view that declares nothing is refused (fail closed),
+  and the authorisation-matrix test lists every route.
+"""
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFProtect
+
+from gisgrid import authz
+from gisgrid.errors import GisgridError, InvalidInput
+from gisgrid.layers import audit, users
+
+bp = Blueprint("auth", __name__)
+csrf = CSRFProtect()
+limiter = Limiter(key_func=get_remote_address, storage_uri="memory://", default_limits=[],
+                  headers_enabled=True)
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class NoAccessRule(GisgridError):
+    status = 403
+
+
+def needs(action: str):
+    """Declare the action a view needs; the before-request hook enforces it."""
+    if action not in authz.ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+
+    def deco(view):
+        view._gisgrid_action = action
+        return view
+    return deco
+
+
+def public(view):
+    view._gisgrid_action = None
+    return view
+
+
+def principal() -> authz.Principal:
+    """The caller of this request (set by :func:`load_principal`)."""
+    return g.principal
+
+
+def _from_bearer(db) -> authz.Principal | None:
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise authz.Unauthenticated("Authorization header must be 'Bearer <token>'")
+    found = users.principal_for_token(db, token.strip())
+    if found is None:
+        raise authz.Unauthenticated("the API token is unknown, revoked or expired")
+    db.commit()       # last_used_at
+    return found
+
+
+def _from_session(db) -> authz.Principal | None:
+    uid = session.get("uid")
+    if uid is None:
+        return None
+    user = db.get(users.User, uid)
+    if user is None or not user.active or user.session_version != session.get("sv"):
+        session.clear()
+        return None
+    return user.principal()
+
+
+def load_principal():
+    """Before every request: who is calling, and may they call this endpoint at all."""
+    from gisgrid.web import db
+
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    if view is None or request.endpoint == "static":
+        return None
+    if not hasattr(view, "_gisgrid_action"):
+        raise NoAccessRule(f"endpoint {request.endpoint!r} declares no access rule")
+    g.via_token = bool(request.headers.get("Authorization"))
+    g.principal = _from_bearer(db()) if g.via_token else _from_session(db())
+    if not g.via_token and request.method in UNSAFE:
+        csrf.protect()
+    action = view._gisgrid_action
+    if action is None:
+        return None
+    if g.principal is None and not request.path.startswith(("/api/", "/tiles/", "/open311/")):
+        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+    authz.require(g.principal, action)
+    return None
+
+
+def _safe_next(target: str | None) -> str:
+    if not target:
+        return url_for("pages.one_map")
+    parts = urlparse(target)
+    if parts.scheme or parts.netloc or not target.startswith("/"):
+        return url_for("pages.one_map")
+    return target
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@public
+@limiter.limit(lambda: current_app.config["GISGRID_LOGIN_LIMIT"], methods=["POST"])
+@limiter.limit("5 per minute", methods=["POST"], key_func=lambda: "user:" + request.form.get("username", ""))
+def login():
+    from gisgrid.web import db, i18n
+
+    error = None
+    if request.method == "POST":
+        s = db()
+        username = request.form.get("username", "")
+        user = users.authenticate(s, username, request.form.get("password", ""))
+        if user is None:
+            audit.record(s, username[:100] or None, "login_failed", "user", None, reason=get_remote_address())
+            s.commit()
+            error = i18n.t("login_failed")
+        else:
+            session.clear()
+            session.permanent = True
+            session["uid"], session["sv"] = user.id, user.session_version
+            audit.record(s, user.username, "login", "user", user.id, reason=get_remote_address())
+            s.commit()
+            return redirect(_safe_next(request.args.get("next")))
+    return render_template("login.html", error=error, t=i18n.t, lang=i18n.lang()), (401 if error else 200)
+
+
+@bp.post("/logout")
+@public
+def logout():
+    session.clear()
+    return redirect(url_for("auth.login"))
+
+
+def check_pagination(limit_raw, offset_raw, *, default=100, cap=1000) -> tuple[int, int]:
+    """``limit``/``offset`` query values, capped; a clear 400 for anything else."""
+    try:
+        limit = default if limit_raw is None else int(limit_raw)
+        offset = 0 if offset_raw is None else int(offset_raw)
+    except ValueError:
+        raise InvalidInput(f"limit and offset must be integers, got {limit_raw!r}, {offset_raw!r}",
+                           field="limit") from None
+    if not 1 <= limit <= cap:
+        raise InvalidInput(f"limit must be between 1 and {cap}, got {limit}", field="limit")
+    if offset < 0:
+        raise InvalidInput(f"offset must be 0 or more, got {offset}", field="offset")
+    return limit, offset

@@ -1,0 +1,46 @@
+"""Response headers for every response, and the CSP nonce the pages' inline scripts carry.
+
+folium writes its map as inline ``<script>`` blocks; instead of allowing every inline script
+(``'unsafe-inline'``), each page response gets a fresh nonce that :func:`add_nonce` puts on its
+own script tags, so an injected script without it does not run.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from urllib.parse import urlparse
+
+from flask import Flask, g, request
+
+_SCRIPT = re.compile(r"<script(?=[\s>])")
+
+
+def nonce() -> str:
+    if "csp_nonce" not in g:
+        g.csp_nonce = secrets.token_urlsafe(16)
+    return g.csp_nonce
+
+
+def add_nonce(html: str) -> str:
+    return _SCRIPT.sub(f'<script nonce="{nonce()}"', html)
+
+
+def register(app: Flask, basemap_url: str = "") -> None:
+    tile_host = ""
+    if basemap_url:
+        u = urlparse(basemap_url.replace("{s}", "a"))
+        tile_host = f" {u.scheme}://{u.netloc}" if u.netloc else ""
+
+    @app.after_request
+    def _headers(resp):
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Referrer-Policy", "same-origin")
+        script = f"'self' 'nonce-{g.csp_nonce}'" if "csp_nonce" in g else "'self'"
+        resp.headers.setdefault("Content-Security-Policy", (
+            f"default-src 'self'; script-src {script}; style-src 'self' 'unsafe-inline'; "
+            f"img-src 'self' data: blob:{tile_host}; connect-src 'self'; font-src 'self' data:; "
+            "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"))
+        if request.path.startswith("/api/") and "Cache-Control" not in resp.headers:
+            resp.headers["Cache-Control"] = "no-store"
+        return resp
