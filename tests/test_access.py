@@ -1,0 +1,235 @@
+"""Who may see and change what: the matrix over every route, tokens, CSRF, login, limits.
+
+Users (demo district): ``gridworker`` is a field worker of grid G (the first grid), ``outsider``
+a field worker of a grid in another street, ``viewer`` reads G's street, ``admin`` everything.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+from shapely.geometry import shape
+from sqlalchemy import text
+
+from gisgrid.layers import users
+
+from conftest import login_as
+
+
+@pytest.fixture(scope="module")
+def world(app):
+    """G, a point inside it, one of its residents, and an outsider account."""
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        g = s.execute(text("SELECT code, community_code, street_code, ST_AsGeoJSON(geom) AS gj FROM grid "
+                           "WHERE valid_to IS NULL ORDER BY code LIMIT 1")).mappings().one()
+        far = s.execute(text("SELECT code FROM grid WHERE street_code <> :s ORDER BY code DESC LIMIT 1"),
+                        {"s": g["street_code"]}).scalar()
+        resident = s.execute(text("SELECT code FROM resident WHERE grid_code = :g ORDER BY code LIMIT 1"),
+                             {"g": g["code"]}).scalar()
+        if s.execute(text("SELECT 1 FROM app_user WHERE username = 'outsider'")).scalar() is None:
+            users.add(s, "outsider", "field", [far], "outsider-password")
+            s.commit()
+    p = shape(__import__("json").loads(g["gj"])).representative_point()
+    return {"grid": g["code"], "community": g["community_code"], "lon": p.x, "lat": p.y, "resident": resident}
+
+
+def route_key(rule) -> str:
+    return f"{','.join(sorted(rule.methods - {'HEAD', 'OPTIONS'}))} {rule.rule}"
+
+
+# Every route, with what an insider sees and what an outsider must not.
+MATRIX = {
+    "GET /": "page",
+    "GET /healthz": "public",
+    "GET,POST /login": "public",
+    "POST /logout": "public",
+    "GET /static/<path:filename>": "public",
+    "GET /api/me": "me",
+    "GET /api/locate": "locate",
+    "GET /api/grids": "grids",
+    "GET /api/admin-areas/<level>": "areas",
+    "GET /api/residents": "residents",
+    "GET /api/residents/<code>": "resident",
+}
+
+
+def test_matrix_covers_every_route(app):
+    routes = {route_key(r) for r in app.url_map.iter_rules()}
+    assert routes == set(MATRIX), f"routes without a matrix entry: {routes - set(MATRIX)}; stale: {set(MATRIX) - routes}"
+
+
+def test_a_view_without_access_rule_is_refused(demo_url, settings):
+    from gisgrid.web import create_app
+
+    app = create_app({"database_url": demo_url, "home": settings.home})
+    app.add_url_rule("/forgotten", "forgotten", lambda: "secret")
+    r = login_as(app, "admin").get("/forgotten")
+    assert r.status_code == 403 and b"secret" not in r.data
+    app.extensions["gisgrid"]["engine"].dispose()
+
+
+@pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public"}))
+def test_anonymous_gets_nothing(anonymous, world, kind):
+    url = url_for(kind, world)
+    r = anonymous.get(url)
+    if url.startswith("/api/"):
+        assert r.status_code == 401 and r.json["error"] == "Unauthenticated"
+    else:
+        assert r.status_code == 302 and "/login" in r.headers["Location"]
+    assert world["grid"].encode() not in r.data
+
+
+def url_for(kind, w) -> str:
+    return {"page": "/", "me": "/api/me", "locate": f"/api/locate?lon={w['lon']}&lat={w['lat']}",
+            "grids": "/api/grids", "areas": "/api/admin-areas/community", "residents": "/api/residents",
+            "resident": f"/api/residents/{w['resident']}"}[kind]
+
+
+@pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me"}))
+def test_insider_sees_it_outsider_does_not(app, world, kind):
+    inside, outside = login_as(app, "gridworker"), login_as(app, "outsider")
+    url = url_for(kind, world)
+    ri, ro = inside.get(url), outside.get(url)
+    mark = world["community"] if kind == "areas" else world["grid"]
+    assert ri.status_code == 200 and mark.encode() in ri.data
+    assert ro.status_code in (200, 403, 404)
+    assert world["grid"].encode() not in ro.data and world["community"].encode() not in ro.data
+    if kind in ("locate", "resident"):
+        assert ro.status_code == 404
+
+
+def test_lists_hold_only_the_jurisdiction(app, world):
+    c = login_as(app, "gridworker")
+    grids = c.get("/api/grids").json["features"]
+    assert [f["properties"]["code"] for f in grids] == [world["grid"]]
+    res = c.get("/api/residents?limit=1000").json
+    assert res["total"] > 0 and {r["grid_code"] for r in res["items"]} == {world["grid"]}
+    areas = {f["properties"]["code"] for f in c.get("/api/admin-areas/community").json["features"]}
+    assert areas == {world["community"]}              # its own community's outline, no other
+
+
+def test_personal_data_masked_unless_pii_and_reason(app, world):
+    viewer, worker = login_as(app, "viewer"), login_as(app, "gridworker")
+    url = f"/api/residents/{world['resident']}"
+    masked = worker.get(url).json
+    assert re.fullmatch(r"\d{4}\*{10}[\dX]{4}", masked["id_number"]) and "****" in masked["phone"]
+    assert viewer.get(url + "?unmask=1&reason=check").status_code == 403          # role without PII
+    r = worker.get(url + "?unmask=1")
+    assert r.status_code == 400 and r.json["field"] == "reason"
+    clear = worker.get(url + "?unmask=1&reason=上门核实").json
+    assert re.fullmatch(r"\d{17}[\dX]", clear["id_number"]) and clear["id_number"][-4:] == masked["id_number"][-4:]
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        row = s.execute(text("SELECT actor, reason, after FROM audit_log WHERE action = 'read_pii' "
+                             "ORDER BY id DESC LIMIT 1")).one()
+    assert row.actor == "gridworker" and row.reason == "上门核实" and row.after["code"] == world["resident"]
+    assert clear["id_number"] not in str(row.after)
+
+
+@pytest.fixture
+def token_for(app):
+    made = []
+
+    def make(username, scopes, days=30):
+        with app.extensions["gisgrid"]["sessions"]() as s:
+            plain, row = users.create_token(s, users.get(s, username), "test", scopes, days)
+            s.commit()
+            made.append(row.id)
+            return plain, row.id
+    return make
+
+
+def test_tokens_are_scoped_revocable_and_need_no_csrf(app, anonymous, world, token_for):
+    plain, tid = token_for("admin", ["read"])
+    h = {"Authorization": f"Bearer {plain}"}
+    assert anonymous.get("/api/me", headers=h).json["actions"] == ["read"]
+    url = f"/api/residents/{world['resident']}?unmask=1&reason=x"
+    assert anonymous.get(url, headers=h).status_code == 403          # admin user, but a read-only token
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        users.revoke_token(s, tid)
+        s.commit()
+    r = anonymous.get("/api/me", headers=h)
+    assert r.status_code == 401 and "revoked" in r.json["message"]
+    assert anonymous.get("/api/me", headers={"Authorization": "Bearer ggt_made_up"}).status_code == 401
+    assert anonymous.get("/api/me", headers={"Authorization": "Basic abc"}).status_code == 401
+
+
+def test_expired_token_is_refused(app, anonymous, token_for):
+    plain, tid = token_for("viewer", ["read"])
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        s.execute(text("UPDATE api_token SET expires_at = now() - interval '1 second' WHERE id = :i"), {"i": tid})
+        s.commit()
+    assert anonymous.get("/api/me", headers={"Authorization": f"Bearer {plain}"}).status_code == 401
+
+
+@pytest.mark.parametrize("role, scopes, match", [
+    ("viewer", ["pii"], "cannot grant"), ("admin", ["users"], "non-empty subset"), ("admin", [], "non-empty subset"),
+])
+def test_token_scopes_are_checked(app, role, scopes, match):
+    from gisgrid.errors import InvalidInput
+
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        with pytest.raises(InvalidInput, match=match):
+            users.create_token(s, users.get(s, role if role != "viewer" else "viewer"), "x", scopes)
+
+
+def test_session_post_without_csrf_is_refused(app):
+    c = login_as(app, "viewer")
+    r = c.post("/logout")
+    assert r.status_code == 400 and b"CSRF" in r.data
+
+
+def test_login_flow_audits_and_password_change_ends_sessions(app, anonymous, demo_passwords):
+    page = anonymous.get("/login")
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', page.data).group(1).decode()
+    bad = anonymous.post("/login", data={"username": "planner", "password": "wrong", "csrf_token": token})
+    assert bad.status_code == 401 and "用户名或密码错误" in bad.get_data(as_text=True)
+    ok = anonymous.post("/login?next=/api/me", data={"username": "planner", "password": demo_passwords["planner"],
+                                                     "csrf_token": token})
+    assert ok.status_code == 302 and ok.headers["Location"] == "/api/me"
+    cookie = ok.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=Lax" in cookie
+    assert anonymous.get("/api/me").json["username"] == "planner"
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        acts = [r[0] for r in s.execute(text("SELECT action FROM audit_log WHERE actor = 'planner' "
+                                             "ORDER BY id DESC LIMIT 2"))]
+        assert acts == ["login", "login_failed"]
+        u = users.get(s, "planner")
+        users.set_password(s, u, demo_passwords["planner"])     # same password, new session version
+        s.commit()
+    assert anonymous.get("/api/me").status_code == 401
+
+
+def test_open_redirect_is_refused(anonymous, demo_passwords):
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', anonymous.get("/login").data).group(1).decode()
+    r = anonymous.post("/login?next=//evil.example/x", data={"username": "viewer", "password": demo_passwords["viewer"],
+                                                            "csrf_token": token})
+    assert r.status_code == 302 and r.headers["Location"] == "/"
+
+
+def test_login_is_rate_limited(demo_url, settings):
+    from gisgrid.web import create_app
+
+    app = create_app({"database_url": demo_url, "home": settings.home, "login_limit": "3 per minute"})
+    c = app.test_client()
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', c.get("/login").data).group(1).decode()
+    codes = [c.post("/login", data={"username": f"nobody{i}", "password": "x", "csrf_token": token}).status_code
+             for i in range(5)]
+    assert codes[:3] == [401, 401, 401] and codes[3:] == [429, 429]
+    app.extensions["gisgrid"]["engine"].dispose()
+
+
+def test_security_headers(client):
+    r = client.get("/")
+    csp = r.headers["Content-Security-Policy"]
+    nonce = re.search(r"'nonce-([^']+)'", csp).group(1)
+    assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+    assert all(f'nonce="{nonce}"' in tag for tag in re.findall(r"<script[^>]*>", r.get_data(as_text=True)))
+    assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in csp
+    api = client.get("/api/me")
+    assert api.headers["Cache-Control"] == "no-store"
+
+
+def test_oversized_request_is_refused(anonymous):
+    r = anonymous.post("/login", data=b"x" * (17 * 1024 * 1024), content_type="application/octet-stream")
+    assert r.status_code == 413
