@@ -297,6 +297,37 @@ def serve():
     _serve(_settings())
 
 
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+def backup(path):
+    """Write the whole database (every layer, accounts, audit log, photos) to PATH."""
+    from pathlib import Path
+
+    from gisgrid.db import backup as b
+    from gisgrid.db.engine import database_url
+
+    s = _settings()
+    size = b.backup(database_url(s), Path(path), s.pg_bindir)
+    click.echo(f"backup written to {path} ({size / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--yes", is_flag=True, help="do not ask before replacing the database's contents")
+def restore(path, yes):
+    """Replace the database's contents with a backup made by `gisgrid backup`."""
+    from pathlib import Path
+
+    from gisgrid.db import backup as b
+    from gisgrid.db.engine import database_url
+
+    if not yes and not click.confirm("replace every table of the database with the backup?"):
+        raise click.Abort()
+    s = _settings()
+    b.restore(database_url(s), Path(path), s.pg_bindir)
+    click.echo(f"restored from {path}")
+
+
 # -- accounts ---------------------------------------------------------------------------------
 @main.group()
 def user():
