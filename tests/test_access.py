@@ -44,6 +44,7 @@ MATRIX = {
     "GET,POST /login": "public",
     "POST /logout": "public",
     "GET /static/<path:filename>": "public",
+    "GET /api/openapi.json": "public",
     "GET /api/me": "me",
     "GET /api/locate": "locate",
     "GET /api/grids": "grids",

@@ -119,3 +119,15 @@ def test_id_numbers_have_valid_check_digits():
     # 11010519491231002X is the standard's worked example
     got = id_numbers("110105", np.array(["1949-12-31"], dtype="datetime64[D]"), np.array([2]))
     assert got[0] == "11010519491231002X"
+
+
+def test_projected_point_is_range_checked_after_transformation():
+    from pyproj import Transformer
+
+    x, y = Transformer.from_crs(4326, 4547, always_xy=True).transform(114.27, 30.6)
+    p = crs.point_to_storage(x, y, "EPSG:4547")            # metres, far outside ±180: fine
+    assert p.x == pytest.approx(114.27, abs=1e-9) and p.y == pytest.approx(30.6, abs=1e-9)
+    with pytest.raises(InvalidGeometry, match="must be finite"):
+        crs.point_to_storage("inf", 1, "EPSG:4547")
+    with pytest.raises(InvalidGeometry, match="latitude"):
+        crs.point_to_storage(114, 95, "EPSG:4490")

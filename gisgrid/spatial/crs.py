@@ -49,3 +49,32 @@ def to_storage(geoms, crs):
         return geoms
     tr = pyproj.Transformer.from_crs(src, STORAGE, always_xy=True)
     return shapely.transform(geoms, lambda xy: __import__("numpy").column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+
+
+def point_to_storage(x, y, crs="EPSG:4326"):
+    """A lon/lat point in EPSG:4326 from coordinates ``x, y`` given in ``crs`` (metres for a
+    projected CRS). Numbers are checked before, ranges after the transformation.
+
+    Raises InvalidGeometry (not numbers, not finite, outside lon/lat after transformation) or
+    InvalidInput (unknown CRS).
+    """
+    import math
+
+    from gisgrid.errors import InvalidGeometry
+    from gisgrid.spatial.geometry import point
+
+    src = parse(crs)
+    if src.to_epsg() in (4326, 4490):
+        return point(x, y)
+    try:
+        fx, fy = float(x), float(y)
+    except (TypeError, ValueError):
+        raise InvalidGeometry(f"lon/lat must be numbers, got {x!r}, {y!r}", field="lon/lat") from None
+    if not (math.isfinite(fx) and math.isfinite(fy)):
+        raise InvalidGeometry(f"lon/lat must be finite, got {x!r}, {y!r}", field="lon/lat")
+    import pyproj
+
+    tx, ty = pyproj.Transformer.from_crs(src, STORAGE, always_xy=True).transform(fx, fy)
+    if not (math.isfinite(tx) and math.isfinite(ty)):
+        raise InvalidGeometry(f"({fx}, {fy}) in {crs} has no position in lon/lat", field="lon/lat")
+    return point(tx, ty)

@@ -1,0 +1,49 @@
+"""The OpenAPI 3 document, generated from the API views: each view's docstring carries its
+operation after a ``---`` line (apispec's Flask plugin reads it), the shared schemas are here.
+Served at ``/api/openapi.json``; schemathesis fuzzes the API against it in the tests."""
+from __future__ import annotations
+
+from apispec import APISpec
+from apispec_webframeworks.flask import FlaskPlugin
+
+ERROR = {"type": "object", "required": ["error", "message"], "properties": {
+    "error": {"type": "string"}, "message": {"type": "string"}, "record": {"type": "string"},
+    "field": {"type": "string", "nullable": True}}}
+FEATURE_COLLECTION = {"type": "object", "required": ["type", "features"], "properties": {
+    "type": {"type": "string", "enum": ["FeatureCollection"]},
+    "features": {"type": "array", "items": {"type": "object", "required": ["type", "geometry", "properties"],
+                                            "properties": {"type": {"type": "string", "enum": ["Feature"]},
+                                                           "geometry": {"type": "object"},
+                                                           "properties": {"type": "object"}}}}}}
+RESIDENT = {"type": "object", "required": ["code", "name", "id_number", "phone"], "properties": {
+    "code": {"type": "string"}, "name": {"type": "string"},
+    "gender": {"type": "string", "enum": ["M", "F"], "nullable": True},
+    "birth_date": {"type": "string", "format": "date", "nullable": True},
+    "id_number": {"type": "string", "nullable": True, "description": "masked unless unmasked with a reason"},
+    "phone": {"type": "string", "nullable": True}, "tags": {"type": "array", "items": {"type": "string"}},
+    "building_code": {"type": "string", "nullable": True},
+    **{k: {"type": "string", "nullable": True} for k in ("grid_code", "community_code", "street_code", "district_code")}}}
+GRID_REF = {"type": "object", "nullable": True, "properties": {
+    "id": {"type": "integer"}, "code": {"type": "string"},
+    **{k: {"type": "string"} for k in ("community_code", "street_code", "district_code")}}}
+
+
+def build(app) -> dict:
+    spec = APISpec(title="gisgrid API", version="1", openapi_version="3.0.3", plugins=[FlaskPlugin()],
+                   info={"description": "Grid-mapping for community governance (网格化管理). Authenticate with "
+                                        "'Authorization: Bearer <token>' (`gisgrid user token create`) or a session."},
+                   security=[{"bearer": []}])
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    for name, schema in (("Error", ERROR), ("FeatureCollection", FEATURE_COLLECTION), ("Resident", RESIDENT),
+                         ("GridRef", GRID_REF)):
+        spec.components.schema(name, schema)
+    for response, desc in (("BadRequest", "invalid parameter"), ("Unauthenticated", "no or bad credentials"),
+                           ("Forbidden", "the role or token may not do this"),
+                           ("NotFound", "nothing of the caller's jurisdiction")):
+        spec.components.response(response, {"description": desc, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+    with app.test_request_context():
+        for endpoint, view in sorted(app.view_functions.items()):
+            if endpoint.startswith("api.") and endpoint != "api.openapi_document" and view.__doc__ and "---" in view.__doc__:
+                spec.path(view=view, app=app)
+    return spec.to_dict()
