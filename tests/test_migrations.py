@@ -53,3 +53,26 @@ def test_models_and_migrations_agree(db_url):
         assert diff == []
     finally:
         eng.dispose()
+
+
+def test_0002_encrypts_existing_personal_data_and_downgrade_restores_it(db_url):
+    from gisgrid import pii
+
+    eng = make_engine(create_database(db_url, "gisgrid_pii_migration"))
+    try:
+        migrate.upgrade(eng, "0001")
+        with eng.begin() as c:
+            c.execute(text("INSERT INTO resident (code, name, id_number, phone, geom) VALUES "
+                           "('R1', '张三', '11010519491231002X', '13812345678', ST_SetSRID(ST_MakePoint(114, 30), 4326))"))
+        migrate.upgrade(eng)
+        with eng.connect() as c:
+            r = c.execute(text("SELECT * FROM resident")).mappings().one()
+        assert "id_number" not in r and "phone" not in r
+        assert r["id_number_masked"] == "1101**********002X" and r["phone_masked"] == "138****5678"
+        assert pii.vault().decrypt(r["id_number_enc"].encode()) == "11010519491231002X"
+        assert r["id_number_index"] == pii.vault().index("11010519491231002x")
+        migrate.downgrade(eng, "0001")
+        with eng.connect() as c:
+            assert c.execute(text("SELECT id_number, phone FROM resident")).one() == ("11010519491231002X", "13812345678")
+    finally:
+        eng.dispose()
