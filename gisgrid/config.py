@@ -38,6 +38,8 @@ class Settings:
     cookie_secure: bool = True
     #: ``GISGRID_LOGIN_LIMIT``: login attempts per client address (Flask-Limiter syntax).
     login_limit: str = "10 per minute"
+    #: ``GISGRID_REPORT_LIMIT``: incident reports per user.
+    report_limit: str = "120 per minute"
 
     @property
     def embedded(self) -> bool:
@@ -73,4 +75,5 @@ def load(env: dict | None = None) -> Settings:
         secret_key=env.get("GISGRID_SECRET_KEY", ""),
         cookie_secure=_bool(env.get("GISGRID_COOKIE_SECURE", "1")),
         login_limit=env.get("GISGRID_LOGIN_LIMIT", "10 per minute"),
+        report_limit=env.get("GISGRID_REPORT_LIMIT", "120 per minute"),
     )

@@ -52,3 +52,18 @@ class NotFound(GisgridError):
 class ClusterError(GisgridError):
     """The embedded PostgreSQL cluster could not be set up or started."""
     status = 503
+
+
+class Conflict(GisgridError):
+    status = 409
+
+
+class IllegalTransition(Conflict):
+    """An action the incident's state does not allow; names the allowed ones."""
+
+    def __init__(self, message: str, allowed: list[str]):
+        super().__init__(message, field="action")
+        self.allowed = allowed
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "allowed": self.allowed}

@@ -26,11 +26,21 @@ def world(app):
                         {"s": g["street_code"]}).scalar()
         resident = s.execute(text("SELECT code FROM resident WHERE grid_code = :g ORDER BY code LIMIT 1"),
                              {"g": g["code"]}).scalar()
+        incident = s.execute(text("SELECT code, id FROM incident WHERE grid_code = :g ORDER BY code LIMIT 1"),
+                             {"g": g["code"]}).one()
+        from gisgrid.layers import photos
+        import io
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.new("RGB", (4, 4), (1, 2, 3)).save(buf, "PNG")
+        sha = photos.add(s, incident.id, buf.getvalue(), "test")
+        s.commit()
         if s.execute(text("SELECT 1 FROM app_user WHERE username = 'outsider'")).scalar() is None:
             users.add(s, "outsider", "field", [far], "outsider-password")
             s.commit()
     p = shape(__import__("json").loads(g["gj"])).representative_point()
-    return {"grid": g["code"], "community": g["community_code"], "lon": p.x, "lat": p.y, "resident": resident}
+    return {"grid": g["code"], "community": g["community_code"], "lon": p.x, "lat": p.y, "resident": resident,
+            "incident": incident.code, "photo": sha}
 
 
 def route_key(rule) -> str:
@@ -51,6 +61,14 @@ MATRIX = {
     "GET /api/admin-areas/<level>": "areas",
     "GET /api/residents": "residents",
     "GET /api/residents/<code>": "resident",
+    "GET /api/categories": "me",
+    "GET /api/incidents": "incidents",
+    "GET /api/incidents/<code>": "incident",
+    "GET /api/photos/<sha256>": "photo",
+    "POST /api/incidents": "post",
+    "POST /api/incidents/<code>/actions/<action>": "post",
+    "POST /api/incidents/<code>/merge": "post",
+    "POST /api/incidents/<code>/photos": "post",
 }
 
 
@@ -69,10 +87,12 @@ def test_a_view_without_access_rule_is_refused(demo_url, settings):
     app.extensions["gisgrid"]["engine"].dispose()
 
 
-@pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public"}))
-def test_anonymous_gets_nothing(anonymous, world, kind):
-    url = url_for(kind, world)
-    r = anonymous.get(url)
+@pytest.mark.parametrize("route", sorted(r for r, k in MATRIX.items() if k != "public"))
+def test_anonymous_gets_nothing(anonymous, world, route):
+    method, rule = route.split(" ")
+    url = url_for(MATRIX[route], world) if method == "GET" else rule.replace("<code>", world["incident"]).replace(
+        "<action>", "accept")
+    r = anonymous.get(url) if method == "GET" else anonymous.post(url, json={})
     if url.startswith("/api/"):
         assert r.status_code == 401 and r.json["error"] == "Unauthenticated"
     else:
@@ -83,19 +103,20 @@ def test_anonymous_gets_nothing(anonymous, world, kind):
 def url_for(kind, w) -> str:
     return {"page": "/", "me": "/api/me", "locate": f"/api/locate?lon={w['lon']}&lat={w['lat']}",
             "grids": "/api/grids", "areas": "/api/admin-areas/community", "residents": "/api/residents",
-            "resident": f"/api/residents/{w['resident']}"}[kind]
+            "resident": f"/api/residents/{w['resident']}", "incidents": "/api/incidents?limit=1000",
+            "incident": f"/api/incidents/{w['incident']}", "photo": f"/api/photos/{w['photo']}"}[kind]
 
 
-@pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me"}))
+@pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post"}))
 def test_insider_sees_it_outsider_does_not(app, world, kind):
     inside, outside = login_as(app, "gridworker"), login_as(app, "outsider")
     url = url_for(kind, world)
     ri, ro = inside.get(url), outside.get(url)
-    mark = world["community"] if kind == "areas" else world["grid"]
-    assert ri.status_code == 200 and mark.encode() in ri.data
+    mark = {"areas": world["community"], "photo": None}.get(kind, world["grid"])
+    assert ri.status_code == 200 and (mark is None or mark.encode() in ri.data)
     assert ro.status_code in (200, 403, 404)
     assert world["grid"].encode() not in ro.data and world["community"].encode() not in ro.data
-    if kind in ("locate", "resident"):
+    if kind in ("locate", "resident", "incident", "photo"):
         assert ro.status_code == 404
 
 

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
+from schemathesis import checks
 from hypothesis import HealthCheck, given, settings
 
 from gisgrid.layers import users
 
 OPERATIONS = ["GET /api/me", "GET /api/locate", "GET /api/grids", "GET /api/admin-areas/{level}",
-              "GET /api/residents", "GET /api/residents/{code}"]
+              "GET /api/residents", "GET /api/residents/{code}", "GET /api/categories", "GET /api/incidents",
+              "POST /api/incidents", "GET /api/incidents/{code}", "POST /api/incidents/{code}/actions/{action}",
+              "POST /api/incidents/{code}/merge", "POST /api/incidents/{code}/photos", "GET /api/photos/{sha256}"]
 
 
 @pytest.fixture(scope="module")
 def fuzz_token(app):
     """A field worker's token (PII allowed, one grid), so the fuzzer reaches every branch."""
     with app.extensions["gisgrid"]["sessions"]() as s:
-        plain, _ = users.create_token(s, users.get(s, "gridworker"), "schemathesis", ["read", "pii"], 1)
+        plain, _ = users.create_token(s, users.get(s, "gridworker"), "schemathesis", ["read", "pii", "report", "act"], 1)
         s.commit()
     return plain
 
@@ -44,7 +47,11 @@ def test_operation_conforms_to_the_document(api_schema, fuzz_token, label):
     @settings(max_examples=60, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     def run(case):
-        case.call_and_validate(headers=headers)
+        # Every other check runs (no 5xx, status codes, content types, bodies and headers as
+        # documented). positive_data_acceptance is left out: a schema-valid request may still be
+        # refused for what the schema cannot say (an unknown staff code, a note an action's
+        # state requires), with a documented 4xx naming the field.
+        case.call_and_validate(headers=headers, excluded_checks=[checks.positive_data_acceptance])
 
     run()
 

@@ -61,3 +61,23 @@ def test_admin_areas_and_grids(client):
     assert len(client.get("/api/admin-areas/community").json["features"]) >= 10
     feats = client.get("/api/grids?limit=5000").json["features"]
     assert len(feats) >= 100 and all(f["properties"]["households"] > 0 for f in feats)
+
+
+@pytest.mark.parametrize("url, field", [
+    ("/api/residents?grid=%00", "grid"),
+    ("/api/residents?offset=9223372036854775808", "offset"),
+    ("/api/incidents?state=closed%00", "state"),
+])
+def test_values_sql_cannot_hold_are_refused_as_input(client, url, field):
+    """Found by schemathesis: NUL characters and out-of-range offsets were 500s."""
+    r = client.get(url)
+    assert r.status_code == 400 and r.json["field"] == field
+
+
+def test_nul_in_json_body_is_refused(client):
+    import re
+
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', client.get("/login").data).group(1).decode()
+    r = client.post("/api/incidents", json={"category": "noise\x00", "lon": 114.25, "lat": 30.6},
+                    headers={"X-CSRFToken": token})
+    assert r.status_code == 400 and r.json["field"] == "body"

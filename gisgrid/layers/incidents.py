@@ -2,14 +2,16 @@
 
 An incident is a work order: a located report that runs the closed loop
 受理 accept → 分流 dispatch → 处置 handle → 反馈 feedback → 评价 evaluate → close.
-Every state change is an ``incident_event`` row (who, when, from, to, note). The allowed
-transitions live in ``TRANSITIONS`` below and nowhere else.
+Every state change is an ``incident_event`` row (who, when, from, to, note). Which action moves
+an incident between which states lives in :mod:`gisgrid.workflow` and nowhere else.
 """
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Float, ForeignKey, Integer, String, Text, func
+from sqlalchemy import (Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer, String, Text,
+                        UniqueConstraint, func)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gisgrid.db.base import Base
@@ -19,15 +21,6 @@ STATES = {
     "reported": "待受理", "accepted": "已受理", "dispatched": "已分派", "handling": "处置中",
     "feedback": "已反馈", "evaluated": "已评价", "closed": "已办结",
 }
-TRANSITIONS = {
-    "reported": ("accepted", "closed"),          # closed here = rejected as invalid/duplicate
-    "accepted": ("dispatched",),
-    "dispatched": ("handling", "accepted"),       # accepted = returned/escalated for re-dispatch
-    "handling": ("feedback", "dispatched"),
-    "feedback": ("evaluated", "handling"),        # handling = reporter not satisfied, redo
-    "evaluated": ("closed",),
-    "closed": (),
-}
 OPEN_STATES = ("reported", "accepted", "dispatched", "handling", "feedback")
 CATEGORIES = {
     "dispute": "矛盾纠纷", "security": "治安隐患", "fire": "消防安全", "gas": "燃气安全",
@@ -35,6 +28,27 @@ CATEGORIES = {
     "rental_housing": "出租房屋", "floating_population": "流动人口", "elderly_care": "关爱帮扶",
     "road_facility": "道路设施", "noise": "噪声扰民",
 }
+CATEGORIES_EN = {
+    "dispute": "Dispute between neighbours", "security": "Public security", "fire": "Fire safety", "gas": "Gas safety",
+    "building_safety": "Building safety", "city_management": "City management", "sanitation": "Sanitation",
+    "rental_housing": "Rental housing", "floating_population": "Floating population",
+    "elderly_care": "Care for the elderly and people in difficulty", "road_facility": "Road facilities",
+    "noise": "Noise",
+}
+#: hours allowed in each state before the order is overdue, per category (the district's
+#: catalogue may override). Disputes are not left overnight (矛盾不过夜).
+HANDLE_HOURS = {"dispute": 24, "security": 24, "fire": 24, "gas": 12, "building_safety": 72, "city_management": 72,
+                "sanitation": 48, "rental_housing": 120, "floating_population": 120, "elderly_care": 72,
+                "road_facility": 120, "noise": 48}
+
+
+def default_sla(category: str) -> dict[str, int]:
+    return {"reported": 2, "accepted": 4, "dispatched": 4, "handling": HANDLE_HOURS.get(category, 72),
+            "feedback": 72, "evaluated": 24}
+
+
+#: escalation ladder: small matters stay in the community, big ones in the street (小事不出村，大事不出镇)
+LEVELS = ("grid", "community", "street", "district")
 SOURCES = {"patrol": "网格巡查", "resident": "群众上报", "hotline": "12345热线", "import": "导入"}
 _STATES_SQL = ", ".join(f"'{s}'" for s in STATES)
 
@@ -45,6 +59,8 @@ class Incident(Linked, Base):
         CheckConstraint(f"state IN ({_STATES_SQL})", name="state"),
         CheckConstraint("satisfaction IS NULL OR satisfaction BETWEEN 1 AND 5", name="satisfaction"),
         CheckConstraint("accuracy_m IS NULL OR accuracy_m >= 0", name="accuracy"),
+        CheckConstraint("level IN ('grid', 'community', 'street', 'district')", name="level"),
+        CheckConstraint("length(description) <= 2000", name="description_length"),
         valid(), types("geom", "Point"), gist("incident"),
     )
 
@@ -64,7 +80,26 @@ class Incident(Linked, Base):
     deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     satisfaction: Mapped[int | None] = mapped_column(Integer)
+    evaluation_comment: Mapped[str | None] = mapped_column(Text)
+    #: who answers for it now: the grid's team, or the community/street/district centre
+    level: Mapped[str] = mapped_column(String(10), default="grid", server_default="grid")
+    merged_into_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("incident.id", ondelete="SET NULL"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     geom = mapped_column(geom_type("POINT"), nullable=False)
+
+
+class IncidentCategory(Base):
+    """The category catalogue: a district's own, or the default one (``district_code`` NULL)."""
+    __tablename__ = "incident_category"
+    __table_args__ = (UniqueConstraint("district_code", "code", postgresql_nulls_not_distinct=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    district_code: Mapped[str | None] = mapped_column(String(12), ForeignKey("admin_area.code"))
+    code: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(100))
+    name_en: Mapped[str | None] = mapped_column(String(100))
+    sla_hours: Mapped[dict] = mapped_column(JSONB)
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
 
 
 class IncidentEvent(Base):
@@ -90,3 +125,180 @@ def points(session, *, open_only: bool = False, limit: int = 50_000, scope: tupl
         f"WHERE {where} AND {scope[0]} ORDER BY reported_at DESC LIMIT :limit"),
         {"open": list(OPEN_STATES), "limit": limit, **scope[1]}).mappings()
     return [dict(r) for r in rows]
+
+
+# -- reporting --------------------------------------------------------------------------------
+LIMITS = {"description": 2000, "address": 300, "reporter": 100, "idempotency_key": 100}
+DUPLICATE_METRES = 50
+DUPLICATE_HOURS = 72
+
+
+def categories(session, district_code: str | None = None) -> list[dict]:
+    """The catalogue for a district: its own categories, else the default ones."""
+    from sqlalchemy import text
+
+    rows = session.execute(text(
+        "SELECT DISTINCT ON (code) code, name, name_en, sla_hours FROM incident_category "
+        "WHERE active AND (district_code = :d OR district_code IS NULL) ORDER BY code, district_code NULLS LAST"),
+        {"d": district_code}).mappings()
+    return [dict(r) for r in rows]
+
+
+def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", description="", address=None,
+           source="patrol", reporter=None, accuracy_m=None, idempotency_key=None,
+           duplicate_metres: float = DUPLICATE_METRES, duplicate_hours: float = DUPLICATE_HOURS) -> tuple[dict, bool]:
+    """File a report: validate, insert once per idempotency key, link to its grid in the same
+    transaction, route it (grid team, or the street/district centre when outside every grid),
+    start its first deadline and history. Returns ``(incident, created)``; a retry with the
+    same key returns the first incident and ``created=False``.
+    """
+    from sqlalchemy import text
+
+    from gisgrid.errors import InvalidInput, UnknownReference
+    from gisgrid.layers import audit, linking
+    from gisgrid.spatial.crs import point_to_storage
+
+    for name, value in (("description", description), ("address", address), ("reporter", reporter),
+                        ("idempotency_key", idempotency_key)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"{name} must be text, got {type(value).__name__}", field=name)
+        if value is not None and len(value) > LIMITS[name]:
+            raise InvalidInput(f"{name} is {len(value)} characters; at most {LIMITS[name]}", field=name)
+    if source not in SOURCES:
+        raise InvalidInput(f"source must be one of {', '.join(SOURCES)}, got {source!r}", field="source")
+    if accuracy_m is not None:
+        try:
+            accuracy_m = float(accuracy_m)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"accuracy_m must be a number of metres, got {accuracy_m!r}", field="accuracy_m") from None
+        if not 0 <= accuracy_m <= 100_000:
+            raise InvalidInput(f"accuracy_m must be between 0 and 100000, got {accuracy_m}", field="accuracy_m")
+    p = point_to_storage(lon, lat, crs)
+    if idempotency_key:
+        found = session.execute(text("SELECT code FROM incident WHERE idempotency_key = :k"),
+                                {"k": idempotency_key}).scalar()
+        if found:
+            return detail(session, found), False
+    known = {c["code"] for c in categories(session)}
+    if category not in known:
+        raise UnknownReference(f"unknown category {category!r}; categories: {', '.join(sorted(known))}",
+                               field="category")
+    new_id = session.execute(text("SELECT nextval(pg_get_serial_sequence('incident', 'id'))")).scalar()
+    code = session.execute(text("SELECT 'SJ' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') "
+                                "|| lpad(CAST(:i AS text), 7, '0')"), {"i": new_id}).scalar()
+    inserted = session.execute(text(
+        "INSERT INTO incident (id, code, idempotency_key, category, description, address, source, reporter, state, "
+        "accuracy_m, input_crs, geom) VALUES (:id, :code, :key, :cat, :descr, :addr, :src, :rep, 'reported', :acc, "
+        ":crs, ST_SetSRID(ST_MakePoint(:x, :y), 4326)) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"),
+        {"id": new_id, "code": code, "key": idempotency_key, "cat": category, "descr": description or "",
+         "addr": address, "src": source, "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": p.x,
+         "y": p.y}).scalar()
+    if inserted is None:       # a concurrent retry with the same key won the race
+        found = session.execute(text("SELECT code FROM incident WHERE idempotency_key = :k"),
+                                {"k": idempotency_key}).scalar()
+        return detail(session, found), False
+    linking.link_ids(session, "incident", [new_id])
+    from gisgrid.workflow import sla_hours
+
+    session.execute(text(
+        "UPDATE incident SET level = CASE WHEN grid_id IS NOT NULL THEN 'grid' WHEN street_code IS NOT NULL "
+        "THEN 'street' ELSE 'district' END, deadline = reported_at + make_interval(hours => :h) WHERE id = :id"),
+        {"id": new_id, "h": sla_hours(session, category, None, "reported") or 2})
+    session.execute(text("INSERT INTO incident_event (incident_id, actor, from_state, to_state, note) "
+                         "VALUES (:i, :a, NULL, 'reported', '[report]')"), {"i": new_id, "a": actor})
+    audit.record(session, actor, "create", "incident", new_id,
+                 after={"code": code, "category": category, "lon": p.x, "lat": p.y, "crs": str(crs), "source": source})
+    out = detail(session, code)
+    out["possible_duplicates"] = possible_duplicates(session, new_id, duplicate_metres, duplicate_hours)
+    return out, True
+
+
+def possible_duplicates(session, incident_id: int, metres: float, hours: float) -> list[dict]:
+    """Open incidents of the same category within ``metres`` reported within ``hours``."""
+    from sqlalchemy import text
+
+    rows = session.execute(text(
+        "SELECT o.code, o.state, round(ST_Distance(o.geom::geography, i.geom::geography))::int AS metres "
+        "FROM incident i JOIN incident o ON o.category = i.category AND o.id <> i.id "
+        "AND o.state = ANY(:open) AND ST_DWithin(o.geom::geography, i.geom::geography, :m) "
+        "AND abs(extract(epoch FROM o.reported_at - i.reported_at)) <= :s WHERE i.id = :id "
+        "ORDER BY metres, o.code LIMIT 10"),
+        {"id": incident_id, "m": metres, "s": hours * 3600, "open": list(OPEN_STATES)}).mappings()
+    return [dict(r) for r in rows]
+
+
+_DETAIL = (
+    "SELECT i.id, i.code, i.category, i.description, i.address, i.source, i.reporter, i.state, i.level, "
+    "i.accuracy_m, i.input_crs, i.reported_at, i.updated_at, i.deadline, i.closed_at, i.satisfaction, "
+    "i.evaluation_comment, i.grid_id, i.grid_code, i.community_code, i.street_code, i.district_code, "
+    "ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat, s.code AS assignee, s.name AS assignee_name, m.code AS merged_into, "
+    "(i.deadline < now() AND i.state = ANY(:open)) AS overdue "
+    "FROM incident i LEFT JOIN staff s ON s.id = i.assignee_id LEFT JOIN incident m ON m.id = i.merged_into_id "
+)
+
+
+def _jsonable(row) -> dict:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dict(row).items()}
+
+
+def detail(session, code: str, scope: tuple[str, dict] = ("TRUE", {})) -> dict:
+    """One incident with its history, photos, the grid's team and the actions now allowed.
+    ``scope`` from :func:`gisgrid.authz.scope_sql` with alias ``i``."""
+    from sqlalchemy import text
+
+    from gisgrid.errors import NotFound
+    from gisgrid.layers import photos, staff
+    from gisgrid.workflow import allowed_actions
+
+    row = session.execute(text(_DETAIL + f"WHERE i.code = :c AND {scope[0]}"),
+                          {"c": code, "open": list(OPEN_STATES), **scope[1]}).mappings().first()
+    if row is None:
+        raise NotFound(f"no incident {code!r} in your jurisdiction", field="code")
+    out = _jsonable(row)
+    out["category_name"] = CATEGORIES.get(out["category"], out["category"])
+    out["state_name"] = STATES[out["state"]]
+    out["events"] = [_jsonable(e) for e in session.execute(text(
+        "SELECT at, actor, from_state, to_state, note FROM incident_event WHERE incident_id = :i ORDER BY at, id"),
+        {"i": row["id"]}).mappings()]
+    out["photos"] = photos.of_incident(session, row["id"])
+    out["team"] = staff.team(session, row["grid_id"]) if row["grid_id"] else []
+    out["allowed"] = allowed_actions(out["state"])
+    out.pop("id")
+    return out
+
+
+def search(session, scope: tuple[str, dict], *, state=None, category=None, grid=None, area=None, since=None,
+           until=None, assignee_username=None, overdue=False, limit=100, offset=0) -> dict:
+    """Incidents inside ``scope`` (alias ``i``) with filters, newest first: ``{"total", "items"}``."""
+    from sqlalchemy import text
+
+    conds, params = [scope[0]], dict(scope[1])
+    for col, val in (("i.state", state), ("i.category", category), ("i.grid_code", grid)):
+        if val:
+            conds.append(f"{col} = ANY(:{col[2:]})")
+            params[col[2:]] = val.split(",") if isinstance(val, str) else list(val)
+    if area:
+        conds.append("(i.community_code = :area OR i.street_code = :area OR i.district_code = :area)")
+        params["area"] = area
+    if since:
+        conds.append("i.reported_at >= :since")
+        params["since"] = since
+    if until:
+        conds.append("i.reported_at < :until")
+        params["until"] = until
+    if overdue:
+        conds.append("i.deadline < now() AND i.state = ANY(:open)")
+    if assignee_username:
+        conds.append("i.assignee_id IN (SELECT id FROM staff WHERE code = :me OR name = :me)")
+        params["me"] = assignee_username
+    where = " AND ".join(conds)
+    params.update(open=list(OPEN_STATES), limit=limit, offset=offset)
+    total = session.execute(text(f"SELECT count(*) FROM incident i WHERE {where}"), params).scalar()
+    rows = session.execute(text(_DETAIL + f"WHERE {where} ORDER BY i.reported_at DESC, i.id DESC "
+                                          "LIMIT :limit OFFSET :offset"), params).mappings()
+    items = []
+    for r in rows:
+        d = _jsonable(r)
+        d.pop("id")
+        items.append(d)
+    return {"total": total, "items": items}

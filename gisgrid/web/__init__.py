@@ -10,7 +10,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
     from gisgrid.db.engine import database_url, make_engine, make_sessionmaker
-    from gisgrid.web import api, assets, auth, errors, pages, security
+    from gisgrid.web import api, assets, auth, errors, incidents, pages, security
 
     settings = config.load().with_overrides(overrides)
     app = Flask(__name__)
@@ -22,6 +22,7 @@ def create_app(overrides: dict | None = None) -> Flask:
         WTF_CSRF_CHECK_DEFAULT=False,        # auth.load_principal checks CSRF for session requests only
         WTF_CSRF_TIME_LIMIT=12 * 3600,
         GISGRID_LOGIN_LIMIT=settings.login_limit,
+        GISGRID_REPORT_LIMIT=settings.report_limit,
     )
     app.json.ensure_ascii = False
     engine = make_engine(database_url(settings), statement_timeout_ms=30_000)
@@ -34,6 +35,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.before_request(auth.load_principal)
     app.register_blueprint(auth.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(incidents.bp)
     app.register_blueprint(pages.bp)
 
     @app.teardown_appcontext

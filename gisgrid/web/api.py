@@ -136,7 +136,7 @@ def resident_list():
       parameters:
         - {name: grid, in: query, required: false, schema: {type: string}}
         - {name: limit, in: query, required: false, schema: {type: integer, minimum: 1, maximum: 1000, default: 100}}
-        - {name: offset, in: query, required: false, schema: {type: integer, minimum: 0, default: 0}}
+        - {name: offset, in: query, required: false, schema: {type: integer, minimum: 0, maximum: 10000000, default: 0}}
       responses:
         200:
           description: one page of residents

@@ -89,14 +89,13 @@ def load_principal():
         raise NoAccessRule(f"endpoint {request.endpoint!r} declares no access rule")
     g.via_token = bool(request.headers.get("Authorization"))
     g.principal = _from_bearer(db()) if g.via_token else _from_session(db())
-    if not g.via_token and request.method in UNSAFE:
-        csrf.protect()
     action = view._gisgrid_action
-    if action is None:
-        return None
-    if g.principal is None and not request.path.startswith(("/api/", "/tiles/", "/open311/")):
-        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
-    authz.require(g.principal, action)
+    if action is not None:
+        if g.principal is None and not request.path.startswith(("/api/", "/tiles/", "/open311/")):
+            return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+        authz.require(g.principal, action)
+    if not g.via_token and request.method in UNSAFE:
+        csrf.protect()          # a session (cookie) request that changes something carries the token
     return None
 
 
@@ -152,6 +151,6 @@ def check_pagination(limit_raw, offset_raw, *, default=100, cap=1000) -> tuple[i
                            field="limit") from None
     if not 1 <= limit <= cap:
         raise InvalidInput(f"limit must be between 1 and {cap}, got {limit}", field="limit")
-    if offset < 0:
-        raise InvalidInput(f"offset must be 0 or more, got {offset}", field="offset")
+    if not 0 <= offset <= 10_000_000:
+        raise InvalidInput(f"offset must be between 0 and 10000000, got {offset}", field="offset")
     return limit, offset

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify, request
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
@@ -19,6 +19,16 @@ def register(app: Flask) -> None:
         if _wants_json():
             return jsonify(e.to_dict()), e.status
         return f"<h1>{e.status}</h1><p>{e}</p>", e.status
+
+    @app.errorhandler(DataError)
+    def _bad_value(e):
+        # A backstop: values are checked before they reach SQL; one that slips through is the
+        # caller's bad input, not a server error.
+        from gisgrid.db.errors import translate
+
+        err = translate(e)
+        body = {"error": "InvalidInput", "message": f"a value is out of range or malformed: {err.message}"}
+        return (jsonify(body), 400) if _wants_json() else (f"<p>{body['message']}</p>", 400)
 
     @app.errorhandler(OperationalError)
     def _db_down(e):

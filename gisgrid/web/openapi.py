@@ -23,6 +23,20 @@ RESIDENT = {"type": "object", "required": ["code", "name", "id_number", "phone"]
     "phone": {"type": "string", "nullable": True}, "tags": {"type": "array", "items": {"type": "string"}},
     "building_code": {"type": "string", "nullable": True},
     **{k: {"type": "string", "nullable": True} for k in ("grid_code", "community_code", "street_code", "district_code")}}}
+INCIDENT = {"type": "object", "required": ["code", "category", "state", "level", "lon", "lat", "allowed"],
+            "properties": {
+                "code": {"type": "string"}, "category": {"type": "string"}, "category_name": {"type": "string"},
+                "state": {"type": "string", "enum": ["reported", "accepted", "dispatched", "handling", "feedback",
+                                                     "evaluated", "closed"]},
+                "state_name": {"type": "string"},
+                "level": {"type": "string", "enum": ["grid", "community", "street", "district"]},
+                "lon": {"type": "number"}, "lat": {"type": "number"},
+                "grid_code": {"type": "string", "nullable": True}, "overdue": {"type": "boolean", "nullable": True},
+                "events": {"type": "array", "items": {"type": "object"}},
+                "photos": {"type": "array", "items": {"type": "string"}},
+                "team": {"type": "array", "items": {"type": "object"}},
+                "allowed": {"type": "array", "items": {"type": "string"}},
+                "possible_duplicates": {"type": "array", "items": {"type": "object"}}}}
 GRID_REF = {"type": "object", "nullable": True, "properties": {
     "id": {"type": "integer"}, "code": {"type": "string"},
     **{k: {"type": "string"} for k in ("community_code", "street_code", "district_code")}}}
@@ -35,15 +49,20 @@ def build(app) -> dict:
                    security=[{"bearer": []}])
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for name, schema in (("Error", ERROR), ("FeatureCollection", FEATURE_COLLECTION), ("Resident", RESIDENT),
-                         ("GridRef", GRID_REF)):
+                         ("GridRef", GRID_REF), ("Incident", INCIDENT)):
         spec.components.schema(name, schema)
     for response, desc in (("BadRequest", "invalid parameter"), ("Unauthenticated", "no or bad credentials"),
                            ("Forbidden", "the role or token may not do this"),
-                           ("NotFound", "nothing of the caller's jurisdiction")):
+                           ("NotFound", "nothing of the caller's jurisdiction"),
+                           ("Conflict", "the state does not allow it (the allowed actions are named)"),
+                           ("Unprocessable", "a code that names nothing known"),
+                           ("TooMany", "rate limit reached; retry later"),
+                           ("TooLarge", "the upload is over the size limit")):
         spec.components.response(response, {"description": desc, "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
     with app.test_request_context():
         for endpoint, view in sorted(app.view_functions.items()):
-            if endpoint.startswith("api.") and endpoint != "api.openapi_document" and view.__doc__ and "---" in view.__doc__:
+            if endpoint.split(".")[0] in ("api", "incidents") and endpoint != "api.openapi_document" \
+                    and view.__doc__ and "---" in view.__doc__:
                 spec.path(view=view, app=app)
     return spec.to_dict()

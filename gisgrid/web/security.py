@@ -25,7 +25,35 @@ def add_nonce(html: str) -> str:
     return _SCRIPT.sub(f'<script nonce="{nonce()}"', html)
 
 
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def reject_nul() -> None:
+    """NUL characters cannot be stored in PostgreSQL text and have no place in any field: refuse
+    them at the door, naming where they were."""
+    from gisgrid.errors import InvalidInput
+
+    for where, values in (("path", request.view_args or {}), ("query", request.args.to_dict(flat=False)),
+                          ("form", request.form.to_dict(flat=False) if request.mimetype != "application/json" else {})):
+        for k, v in values.items():
+            if _has_nul(k) or _has_nul(v):
+                raise InvalidInput(f"{where} parameter {k!r} contains a NUL character", field=str(k).replace("\x00", ""))
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if _has_nul(body):
+            raise InvalidInput("the JSON body contains a NUL character", field="body")
+
+
 def register(app: Flask, basemap_url: str = "") -> None:
+    app.before_request(reject_nul)
+
     tile_host = ""
     if basemap_url:
         u = urlparse(basemap_url.replace("{s}", "a"))

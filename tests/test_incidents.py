@@ -1,0 +1,291 @@
+"""Incidents through the API: reporting (idempotent), routing, the closed loop with every
+illegal transition, escalation, duplicates and merge, photos, bad input."""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import uuid
+
+import pytest
+from PIL import Image
+from shapely.geometry import shape
+from sqlalchemy import text
+
+from gisgrid.layers import users
+from gisgrid.workflow import ACTIONS, allowed_actions
+
+from conftest import login_as
+
+STATES = ["reported", "accepted", "dispatched", "handling", "feedback", "evaluated", "closed"]
+
+
+@pytest.fixture(scope="module")
+def g(app):
+    """Grid G (the gridworker's), a point inside it, its head, and an outsider account."""
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        row = s.execute(text("SELECT id, code, ST_AsGeoJSON(geom) AS gj FROM grid WHERE valid_to IS NULL "
+                             "ORDER BY code LIMIT 1")).mappings().one()
+        head = s.execute(text("SELECT s.code FROM grid_assignment a JOIN staff s ON s.id = a.staff_id "
+                              "WHERE a.grid_id = :g AND a.role = 'head'"), {"g": row["id"]}).scalar()
+        far = s.execute(text("SELECT code FROM grid ORDER BY code DESC LIMIT 1")).scalar()
+        if s.execute(text("SELECT 1 FROM app_user WHERE username = 'outsider'")).scalar() is None:
+            users.add(s, "outsider", "field", [far], "outsider-password")
+            s.commit()
+    p = shape(json.loads(row["gj"])).representative_point()
+    return {"code": row["code"], "lon": p.x, "lat": p.y, "head": head}
+
+
+@pytest.fixture
+def worker(app):
+    return login_as(app, "gridworker")
+
+
+@pytest.fixture
+def centre(app):
+    return login_as(app, "commander")
+
+
+def csrf(client):
+    """The CSRF token of a session client (from a page that carries one)."""
+    import re
+
+    page = client.get("/login")
+    return re.search(rb'name="csrf_token" value="([^"]+)"', page.data).group(1).decode()
+
+
+def post(client, url, body=None, **kw):
+    headers = {"X-CSRFToken": csrf(client), **kw.pop("headers", {})}
+    return client.post(url, json=body, headers=headers, **kw)
+
+
+def file_report(client, g, **extra):
+    body = {"category": "sanitation", "lon": g["lon"], "lat": g["lat"], "description": "垃圾未清运", **extra}
+    return post(client, "/api/incidents", body, headers={"Idempotency-Key": str(uuid.uuid4())})
+
+
+def count(app, where="TRUE", **params):
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        return s.execute(text(f"SELECT count(*) FROM incident WHERE {where}"), params).scalar()
+
+
+def test_report_is_linked_routed_and_timed(worker, g):
+    r = file_report(worker, g, accuracy_m=8)
+    assert r.status_code == 201, r.json
+    inc = r.json
+    assert inc["grid_code"] == g["code"] and inc["level"] == "grid" and inc["state"] == "reported"
+    assert inc["team"][0]["role"] == "head" and inc["deadline"] > inc["reported_at"]
+    assert inc["events"][0]["to_state"] == "reported" and inc["events"][0]["actor"] == "gridworker"
+    assert inc["allowed"] == ["accept", "reject"]
+
+
+def test_retry_with_same_key_returns_the_first(app, worker, g):
+    key = str(uuid.uuid4())
+    body = {"category": "noise", "lon": g["lon"], "lat": g["lat"]}
+    first = post(worker, "/api/incidents", body, headers={"Idempotency-Key": key})
+    again = post(worker, "/api/incidents", body, headers={"Idempotency-Key": key})
+    assert first.status_code == 201 and again.status_code == 200 and again.json["code"] == first.json["code"]
+    by_uuid = post(worker, "/api/incidents", {**body, "client_uuid": key})
+    assert by_uuid.status_code == 200 and by_uuid.json["code"] == first.json["code"]
+    assert count(app, "idempotency_key = :k", k=key) == 1
+
+
+def test_concurrent_retries_make_one_incident(app, g, demo_passwords):
+    plain = None
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        plain, _ = users.create_token(s, users.get(s, "gridworker"), "race", ["report", "read"], 1)
+        s.commit()
+    key, results = str(uuid.uuid4()), []
+
+    def send():
+        c = app.test_client()
+        r = c.post("/api/incidents", json={"category": "fire", "lon": g["lon"], "lat": g["lat"]},
+                   headers={"Authorization": f"Bearer {plain}", "Idempotency-Key": key})
+        results.append((r.status_code, r.json["code"]))
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(c for c, _ in results) == [200] * 5 + [201]
+    assert len({code for _, code in results}) == 1 and count(app, "idempotency_key = :k", k=key) == 1
+
+
+def test_point_outside_every_grid_is_kept_and_routed(worker):
+    r = post(worker, "/api/incidents", {"category": "security", "lon": 114.2205, "lat": 30.6440})
+    assert r.status_code == 201
+    assert r.json["grid_code"] is None and r.json["level"] in ("street", "district") and r.json["team"] == []
+
+
+@pytest.mark.parametrize("body, status, field", [
+    ({"lon": 114.25, "lat": 30.6}, 400, "category"),
+    ({"category": "noise", "lat": 30.6}, 400, "lon"),
+    ({"category": "noise", "lon": 214.25, "lat": 30.6}, 400, "lon"),
+    ({"category": "noise", "lon": 114.25, "lat": "north"}, 400, "lon/lat"),
+    ({"category": "aliens", "lon": 114.25, "lat": 30.6}, 422, "category"),
+    ({"category": "noise", "lon": 114.25, "lat": 30.6, "description": "长" * 2001}, 400, "description"),
+    ({"category": "noise", "lon": 114.25, "lat": 30.6, "description": 5}, 400, "description"),
+    ({"category": "noise", "lon": 114.25, "lat": 30.6, "colour": "red"}, 400, "colour"),
+    ({"category": "noise", "lon": 114.25, "lat": 30.6, "source": "rumour"}, 400, "source"),
+    ({"category": "noise", "lon": 114.25, "lat": 30.6, "accuracy_m": -1}, 400, "accuracy_m"),
+    ({"category": "noise", "lon": 114.25, "lat": 30.6, "crs": "EPSG:0"}, 400, "crs"),
+    ([1, 2], 400, "body"),
+])
+def test_bad_reports_name_the_field_and_write_nothing(app, worker, body, status, field):
+    before = count(app)
+    r = post(worker, "/api/incidents", body)
+    assert r.status_code == status and r.json["field"] == field and r.json["message"]
+    assert count(app) == before
+
+
+def test_viewer_cannot_report(app):
+    viewer = login_as(app, "viewer")
+    assert post(viewer, "/api/incidents", {"category": "noise", "lon": 114.25, "lat": 30.6}).status_code == 403
+
+
+def act(client, code, action, **body):
+    return post(client, f"/api/incidents/{code}/actions/{action}", body or None)
+
+
+def test_the_whole_loop(app, worker, centre, g):
+    code = file_report(worker, g).json["code"]
+    assert act(worker, code, "accept").status_code == 403                    # field workers do not accept
+    assert act(centre, code, "accept").json["state"] == "accepted"
+    d = act(centre, code, "dispatch")
+    assert d.status_code == 200 and d.json["state"] == "dispatched"
+    detail = worker.get(f"/api/incidents/{code}").json
+    assert detail["assignee"] == g["head"]                                    # default: the grid head
+    assert act(worker, code, "start").json["state"] == "handling"
+    assert act(worker, code, "feedback").json["field"] == "note"
+    assert act(worker, code, "feedback", note="已清运").json["state"] == "feedback"
+    assert act(worker, code, "evaluate", satisfaction=9).json["field"] == "satisfaction"
+    assert act(worker, code, "evaluate", satisfaction=5, comment="满意").json["state"] == "evaluated"
+    assert act(centre, code, "close").json == {"code": code, "state": "closed", "level": "grid", "allowed": []}
+    final = worker.get(f"/api/incidents/{code}").json
+    assert [e["to_state"] for e in final["events"]] == STATES
+    assert final["satisfaction"] == 5 and final["closed_at"] and final["deadline"] is None
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        acts = [r[0] for r in s.execute(text("SELECT action FROM audit_log WHERE entity = 'incident' AND entity_id = "
+                                             "(SELECT id::text FROM incident WHERE code = :c) ORDER BY id"), {"c": code})]
+    assert acts == ["create", "accept", "dispatch", "start", "feedback", "evaluate", "close"]
+
+
+def drive_to(client_centre, client_worker, g, state):
+    code = file_report(client_worker, g).json["code"]
+    path = {"accepted": ["accept"], "dispatched": ["accept", "dispatch"], "handling": ["accept", "dispatch", "start"],
+            "feedback": ["accept", "dispatch", "start", "feedback"],
+            "evaluated": ["accept", "dispatch", "start", "feedback", "evaluate"],
+            "closed": ["accept", "dispatch", "start", "feedback", "evaluate", "close"]}.get(state, [])
+    for a in path:
+        r = act(client_centre, code, a, note="n", satisfaction=4)
+        assert r.status_code == 200, r.json
+    return code
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_every_illegal_transition_is_a_409_naming_the_allowed(app, centre, worker, g, state):
+    code = drive_to(centre, worker, g, state)
+    for action in ACTIONS:
+        if action in allowed_actions(state):
+            continue
+        r = act(centre, code, action, note="n", satisfaction=4)
+        assert r.status_code == 409, (state, action, r.json)
+        assert r.json["error"] == "IllegalTransition" and r.json["allowed"] == allowed_actions(state)
+    assert worker.get(f"/api/incidents/{code}").json["state"] == state      # nothing moved
+
+
+def test_escalate_and_return_walk_the_ladder(centre, worker, g):
+    code = drive_to(centre, worker, g, "dispatched")
+    assert act(worker, code, "escalate").json["field"] == "note"
+    r = act(worker, code, "escalate", note="需社区协调")
+    assert r.json == {"code": code, "state": "accepted", "level": "community", "allowed": allowed_actions("accepted")}
+    assert act(centre, code, "escalate", note="需街道").json["level"] == "street"
+    assert act(centre, code, "escalate", note="需区").json["level"] == "district"
+    assert act(centre, code, "escalate", note="更高").json["field"] == "action"      # beyond the ladder
+    assert act(centre, code, "return", note="区里退回").json["level"] == "street"
+
+
+def test_acting_outside_ones_grid_is_404(app, worker, g):
+    code = file_report(worker, g).json["code"]
+    outsider = login_as(app, "outsider")
+    r = act(outsider, code, "start")
+    assert r.status_code == 404 and code not in json.dumps(outsider.get("/api/incidents?limit=1000").json)
+    assert outsider.get(f"/api/incidents/{code}").status_code == 404
+
+
+def test_duplicates_are_offered_and_merged(centre, worker, g):
+    first = post(worker, "/api/incidents", {"category": "gas", "lon": g["lon"], "lat": g["lat"]}).json
+    second = post(worker, "/api/incidents", {"category": "gas", "lon": g["lon"] + 0.0001, "lat": g["lat"]}).json
+    assert first["code"] in [d["code"] for d in second["possible_duplicates"]]
+    assert all(d["metres"] <= 50 for d in second["possible_duplicates"])
+    r = post(centre, f"/api/incidents/{second['code']}/merge", {"into": first["code"]})
+    assert r.json == {"code": second["code"], "state": "closed", "merged_into": first["code"]}
+    assert post(centre, f"/api/incidents/{second['code']}/merge", {"into": first["code"]}).status_code == 409
+    assert post(centre, f"/api/incidents/{first['code']}/merge", {"into": first["code"]}).json["field"] == "into"
+
+
+def image_bytes(fmt: str, exif_gps: bool = False) -> bytes:
+    im = Image.new("RGB", (64, 48), (200, 30, 30))
+    buf = io.BytesIO()
+    if exif_gps:
+        exif = Image.Exif()
+        exif[0x8825] = {1: "N", 2: (30.0, 36.0, 0.0), 3: "E", 4: (114.0, 16.0, 0.0)}   # GPS
+        exif[0x010F] = "PhoneMaker"
+        im.save(buf, fmt, exif=exif)
+    else:
+        im.save(buf, fmt)
+    return buf.getvalue()
+
+
+def upload(client, code, data, name="p.jpg"):
+    return client.post(f"/api/incidents/{code}/photos", data={"photo": (io.BytesIO(data), name)},
+                       headers={"X-CSRFToken": csrf(client)}, content_type="multipart/form-data")
+
+
+def test_photos_are_stripped_content_addressed_and_scoped(app, worker, g):
+    code = file_report(worker, g).json["code"]
+    raw = image_bytes("JPEG", exif_gps=True)
+    assert Image.open(io.BytesIO(raw)).getexif()                      # the upload carries GPS EXIF
+    r = upload(worker, code, raw)
+    assert r.status_code == 201
+    again = upload(worker, code, raw)
+    assert again.json["sha256"] == r.json["sha256"]                  # stored once
+    served = worker.get(r.json["url"])
+    assert served.mimetype == "image/jpeg" and not Image.open(io.BytesIO(served.data)).getexif()
+    assert worker.get(f"/api/incidents/{code}").json["photos"] == [r.json["sha256"]]
+    assert upload(worker, code, image_bytes("PNG"), "p.png").status_code == 201
+    assert login_as(app, "outsider").get(r.json["url"]).status_code == 404
+
+
+@pytest.mark.parametrize("data, name, status, match", [
+    (b"GIF89a" + b"\0" * 100, "x.gif", 400, "cannot be read|JPEG or PNG"),
+    (b"<?php echo 1; ?>", "x.jpg", 400, "cannot be read"),
+    (None, "big.jpg", 413, ""),
+])
+def test_bad_photos_are_refused(app, worker, g, data, name, status, match):
+    import re
+
+    code = file_report(worker, g).json["code"]
+    if data is None:
+        data = b"\xff\xd8" + b"\0" * (17 * 1024 * 1024)
+    r = upload(worker, code, data, name)
+    assert r.status_code == status and r.is_json
+    assert re.search(match, r.json["message"])
+    assert worker.get(f"/api/incidents/{code}").json["photos"] == []
+
+
+def test_gif_is_refused_by_content_not_name(app, worker, g):
+    code = file_report(worker, g).json["code"]
+    im = Image.new("RGB", (8, 8))
+    buf = io.BytesIO()
+    im.save(buf, "GIF")
+    r = upload(worker, code, buf.getvalue(), "disguised.jpg")
+    assert r.status_code == 400 and "JPEG or PNG, got GIF" in r.json["message"]
+
+
+def test_overdue_and_my_queue(app, centre, worker, g):
+    code = drive_to(centre, worker, g, "dispatched")
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        s.execute(text("UPDATE incident SET deadline = now() - interval '1 hour' WHERE code = :c"), {"c": code})
+        s.commit()
+    overdue = centre.get(f"/api/incidents?overdue=1&area={g['code'][:12]}&limit=1000").json
+    assert code in [i["code"] for i in overdue["items"]] and all(i["overdue"] for i in overdue["items"])
