@@ -237,8 +237,16 @@ def image_bytes(fmt: str, exif_gps: bool = False) -> bytes:
 
 
 def upload(client, code, data, name="p.jpg"):
-    return client.post(f"/api/incidents/{code}/photos", data={"photo": (io.BytesIO(data), name)},
-                       headers={"X-CSRFToken": csrf(client)}, content_type="multipart/form-data")
+    from flask.testing import EnvironBuilder
+
+    # built and closed here: a large multipart body is spooled to a temporary file
+    builder = EnvironBuilder(client.application, f"/api/incidents/{code}/photos", method="POST",
+                             data={"photo": (io.BytesIO(data), name)}, headers={"X-CSRFToken": csrf(client)},
+                             content_type="multipart/form-data")
+    try:
+        return client.open(builder)
+    finally:
+        builder.close()
 
 
 def test_photos_are_stripped_content_addressed_and_scoped(app, worker, g):

@@ -86,13 +86,16 @@ def link_ids(session: Session, table: str, ids: list[int]) -> int:
 def _bulk(session: Session, table: str) -> int:
     anchor = ANCHORS[table]
     session.execute(text("DROP TABLE IF EXISTS _gisgrid_link"))
-    # Polygon-driven: grids outside, an index probe into the points for each grid.
+    # Polygon-driven: grids outside, an index probe into the points for each grid. OFFSET 0
+    # fences the lateral subquery: without it PostgreSQL flattens the lateral into a plain join
+    # and runs it point-driven (a grid-index probe per point, 6-7x slower at city scale).
     session.execute(text(
         "CREATE TEMP TABLE _gisgrid_link ON COMMIT DROP AS "
         "SELECT DISTINCT ON (p.id) p.id, g.id AS grid_id, g.code AS grid_code, g.community_code, "
         "g.street_code, g.district_code "
-        f"FROM grid g CROSS JOIN LATERAL (SELECT id FROM {table} p WHERE ST_Intersects(g.geom, p.{anchor})) p "
-        "WHERE g.valid_to IS NULL ORDER BY p.id, g.code"))
+        f"FROM grid g CROSS JOIN LATERAL (SELECT id FROM {table} p WHERE ST_Intersects(g.geom, p.{anchor}) "
+        "OFFSET 0) p WHERE g.valid_to IS NULL ORDER BY p.id, g.code"))
+    session.execute(text("ANALYZE _gisgrid_link"))      # temp tables have no statistics otherwise
     changed = session.execute(text(
         f"UPDATE {table} p SET {_SET} FROM _gisgrid_link l WHERE p.id = l.id AND ({_CHANGED})")).rowcount
     # Whatever no grid holds: unlinked, with its admin codes from the admin areas.
