@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from conftest import gisgrid_env
 
@@ -74,3 +74,61 @@ def test_one_map_draws_grids_offline(server, demo_passwords):
     assert paths >= 150 + 10          # every grid and every community outline drawn
     assert "江汉区" in title
     assert shot.stat().st_size > 50_000   # a drawn map, not a blank page
+
+
+def login(page, server, username, password):
+    page.goto(server + "login", wait_until="networkidle")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
+
+
+def test_field_report_made_offline_is_sent_once_when_back_online(server, demo_url, demo_passwords):
+    import json
+    import uuid
+
+    import psycopg
+    from shapely.geometry import shape
+
+    pg = demo_url.replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(pg) as c:
+        code, gj = c.execute("SELECT code, ST_AsGeoJSON(geom) FROM grid WHERE valid_to IS NULL ORDER BY code LIMIT 1").fetchone()
+    here = shape(json.loads(gj)).representative_point()
+    marker = f"离线上报测试 {uuid.uuid4()}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                  geolocation={"latitude": here.y, "longitude": here.x, "accuracy": 12},
+                                  permissions=["geolocation"], locale="zh-CN")
+        page = ctx.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        login(page, server, "gridworker", demo_passwords["gridworker"])
+        page.goto(server + "field", wait_until="networkidle")
+        # locator waits, not wait_for_function: the page's CSP forbids eval, as it should
+        expect(page.locator("select[name=category] option")).to_have_count(12)
+        expect(page.locator("#where")).to_contain_text("±")
+        ctx.set_offline(True)
+        page.select_option("select[name=category]", "sanitation")
+        page.fill("textarea[name=description]", marker)
+        page.click("#report button[type=submit]")
+        expect(page.locator("#outbox")).to_contain_text("1")
+        assert "离线保存" in page.inner_text("#result")
+        page.screenshot(path=str(ARTIFACTS / "field_offline.png"))
+        with psycopg.connect(pg) as c:
+            assert c.execute("SELECT count(*) FROM incident WHERE description = %s", (marker,)).fetchone()[0] == 0
+        ctx.set_offline(False)
+        expect(page.locator("#result")).to_contain_text("已上报", timeout=20000)
+        page.wait_for_timeout(6000)          # let the periodic retry run too: it must not send it again
+        page.screenshot(path=str(ARTIFACTS / "field_sent.png"))
+        result = page.inner_text("#result")
+        browser.close()
+    assert errors == []
+    with psycopg.connect(pg) as c:
+        rows = c.execute("SELECT grid_code, idempotency_key, source FROM incident WHERE description = %s",
+                         (marker,)).fetchall()
+    assert len(rows) == 1, rows
+    assert rows[0][0] == code and rows[0][1] and rows[0][2] == "patrol"
+    assert code in result

@@ -237,16 +237,13 @@ def image_bytes(fmt: str, exif_gps: bool = False) -> bytes:
 
 
 def upload(client, code, data, name="p.jpg"):
-    from flask.testing import EnvironBuilder
-
-    # built and closed here: a large multipart body is spooled to a temporary file
-    builder = EnvironBuilder(client.application, f"/api/incidents/{code}/photos", method="POST",
-                             data={"photo": (io.BytesIO(data), name)}, headers={"X-CSRFToken": csrf(client)},
-                             content_type="multipart/form-data")
-    try:
-        return client.open(builder)
-    finally:
-        builder.close()
+    # The multipart body is encoded here, in memory: werkzeug's test client spools a large one to
+    # a temporary file it never closes.
+    boundary = "gisgrid-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return client.post(f"/api/incidents/{code}/photos", data=body, headers={"X-CSRFToken": csrf(client)},
+                       content_type=f"multipart/form-data; boundary={boundary}")
 
 
 def test_photos_are_stripped_content_addressed_and_scoped(app, worker, g):
@@ -297,3 +294,44 @@ def test_overdue_and_my_queue(app, centre, worker, g):
         s.commit()
     overdue = centre.get(f"/api/incidents?overdue=1&area={g['code'][:12]}&limit=1000").json
     assert code in [i["code"] for i in overdue["items"]] and all(i["overdue"] for i in overdue["items"])
+
+
+def test_statistics_per_area_match_the_rows(app, centre):
+    rows = centre.get("/api/stats?level=community").json
+    assert rows and all(r["received"] >= r["open"] + r["resolved"] - 0 for r in rows)
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        truth = dict(s.execute(text("SELECT community_code, count(*) FROM incident WHERE community_code IS NOT NULL "
+                                    "GROUP BY 1")).all())
+    assert {r["code"]: r["received"] for r in rows} == truth
+    one = rows[0]
+    assert one["name"].endswith("社区居委会")
+    assert 0 <= one["resolution_rate"] <= 1 and 0 <= one["satisfaction_rate"] <= 1
+    assert one["p90_hours_to_close"] >= one["mean_hours_to_close"] * 0.5
+
+
+def test_statistics_by_category_and_time_range(centre):
+    rows = centre.get("/api/stats?level=street&by_category=1&since=2000-01-01&until=2100-01-01").json
+    assert rows and all(r["category"] for r in rows)
+    empty = centre.get("/api/stats?level=street&since=2100-01-01").json
+    assert empty == []
+    assert centre.get("/api/stats?level=planet").json["field"] == "level"
+
+
+def test_statistics_follow_jurisdiction(app, g):
+    rows = login_as(app, "gridworker").get("/api/stats?level=grid").json
+    assert [r["code"] for r in rows] == [g["code"]]
+
+
+def test_statistics_spreadsheets(app, centre):
+    import csv as csvmod
+    from openpyxl import load_workbook
+
+    r = centre.get("/api/stats?level=street&format=csv")
+    assert r.mimetype == "text/csv" and r.data.startswith("\ufeff".encode())
+    table = list(csvmod.reader(io.StringIO(r.data.decode("utf-8-sig"))))
+    assert table[0][:4] == ["区域编码", "区域名称", "类别", "受理数"] and len(table) > 1
+    x = centre.get("/api/stats?level=street&format=xlsx&lang=en")
+    ws = load_workbook(io.BytesIO(x.data)).active
+    assert ws["A1"].value == "area code" and ws.max_row == len(table)
+    # the viewer may read figures but not download spreadsheets
+    assert login_as(app, "viewer").get("/api/stats?format=csv").status_code == 403

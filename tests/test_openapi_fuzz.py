@@ -16,7 +16,8 @@ from gisgrid.layers import users
 OPERATIONS = ["GET /api/me", "GET /api/locate", "GET /api/grids", "GET /api/admin-areas/{level}",
               "GET /api/residents", "GET /api/residents/{code}", "GET /api/categories", "GET /api/incidents",
               "POST /api/incidents", "GET /api/incidents/{code}", "POST /api/incidents/{code}/actions/{action}",
-              "POST /api/incidents/{code}/merge", "POST /api/incidents/{code}/photos", "GET /api/photos/{sha256}"]
+              "POST /api/incidents/{code}/merge", "POST /api/incidents/{code}/photos", "GET /api/photos/{sha256}",
+              "GET /api/stats"]
 
 
 @pytest.fixture(scope="module")

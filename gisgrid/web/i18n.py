@@ -22,4 +22,5 @@ def lang() -> str:
 
 def t(key: str, **kw) -> str:
     entry = _catalogue()[key]
-    return entry.get(lang(), entry["zh"]).format(**kw)
+    text = entry.get(lang(), entry["zh"])
+    return text.format(**kw) if kw else text

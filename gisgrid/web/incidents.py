@@ -339,3 +339,54 @@ def photo(sha256):
     resp = Response(ph.data, mimetype=ph.mime)
     resp.headers["Cache-Control"] = "private, max-age=86400, immutable"
     return resp
+
+
+@bp.get("/stats")
+@needs("read")
+def stats():
+    """Incident statistics per area (and category) for a time range; ``format=csv|xlsx`` gives
+    the spreadsheet (needs the export permission).
+    ---
+    get:
+      summary: Statistics (统计)：受理、未办结、超期、化解率、办结时长、满意率
+      parameters:
+        - {name: level, in: query, schema: {type: string, enum: [grid, community, street, district], default: community}}
+        - {name: since, in: query, schema: {type: string, format: date}}
+        - {name: until, in: query, schema: {type: string, format: date}}
+        - {name: by_category, in: query, schema: {type: string, enum: ["0", "1"]}}
+        - {name: format, in: query, schema: {type: string, enum: [json, csv, xlsx], default: json}}
+        - {name: lang, in: query, schema: {type: string, enum: [zh, en], default: zh}}
+      responses:
+        200:
+          description: one row per area (and category)
+          content:
+            application/json: {schema: {type: array, items: {type: object}}}
+            text/csv: {schema: {type: string}}
+            application/vnd.openxmlformats-officedocument.spreadsheetml.sheet: {schema: {type: string, format: binary}}
+        400: {$ref: '#/components/responses/BadRequest'}
+        401: {$ref: '#/components/responses/Unauthenticated'}
+        403: {$ref: '#/components/responses/Forbidden'}
+    """
+    from gisgrid import tables
+
+    a = request.args
+    fmt = a.get("format", "json")
+    if fmt not in ("json", "csv", "xlsx"):
+        raise InvalidInput(f"format must be json, csv or xlsx, got {fmt!r}", field="format")
+    p = principal()
+    rows = incidents.statistics(db(), authz.scope_sql(p, "i"), level=a.get("level", "community"),
+                                since=_when(a.get("since"), "since"), until=_when(a.get("until"), "until"),
+                                by_category=a.get("by_category") == "1")
+    if fmt == "json":
+        return jsonify(rows)
+    authz.require(p, "export")
+    lang = "en" if a.get("lang") == "en" else "zh"
+    cols = incidents.STAT_COLUMNS
+    name = f"gisgrid-stats-{a.get('level', 'community')}"
+    if fmt == "csv":
+        resp = Response(tables.to_csv(rows, cols, lang), mimetype="text/csv")
+    else:
+        resp = Response(tables.to_xlsx(rows, cols, lang),
+                        mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+    resp.headers["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
+    return resp

@@ -41,6 +41,27 @@ def healthz():
     return jsonify({"ok": True})
 
 
+FIELD_LABELS = ("online", "offline", "waiting", "sent", "grid", "unlinked", "duplicates", "sending", "saved_offline",
+                "refused", "no_position", "dragged", "overdue", "act_start", "act_feedback", "feedback_note",
+                "queue_empty")
+
+
+@bp.get("/field")
+@needs("report")
+def field():
+    """The phone page of field staff: report with position, photo, offline queue; their queue."""
+    from flask import render_template
+
+    from sqlalchemy import text
+
+    where, params = authz.scope_sql(principal(), grid_col="code")
+    centre = db().execute(text("SELECT ST_Y(c), ST_X(c) FROM (SELECT ST_Centroid(ST_Collect(geom)) AS c FROM grid "
+                               f"WHERE valid_to IS NULL AND {where}) x"), params).first()
+    config = {"labels": {k: i18n.t(k) for k in FIELD_LABELS}, "basemap": settings().basemap_url or None,
+              "centre": [centre[0], centre[1]] if centre and centre[0] is not None else [30.6, 114.27]}
+    return render_template("field.html", t=i18n.t, lang=i18n.lang(), config=config, nonce=security.nonce())
+
+
 @bp.get("/")
 @needs("read")
 def one_map():
