@@ -63,12 +63,20 @@ MATRIX = {
     "GET /api/residents/<code>": "resident",
     "GET /api/categories": "me",
     "GET /api/incidents": "incidents",
+    "GET /api/stats": "stats",
+    "GET /field": "field",
     "GET /api/incidents/<code>": "incident",
     "GET /api/photos/<sha256>": "photo",
     "POST /api/incidents": "post",
     "POST /api/incidents/<code>/actions/<action>": "post",
     "POST /api/incidents/<code>/merge": "post",
     "POST /api/incidents/<code>/photos": "post",
+    "GET /open311/v2/services.<fmt>": "o311_services",
+    "GET /open311/v2/services/<service_code>.<fmt>": "o311_service",
+    "GET /open311/v2/requests.<fmt>": "o311_requests",
+    "GET /open311/v2/requests/<service_request_id>.<fmt>": "o311_request",
+    "POST /open311/v2/requests.<fmt>": "post",
+    "GET,POST /open311/v2/<path:rest>": "public",        # a GeoReport 404 for anything else
 }
 
 
@@ -95,6 +103,9 @@ def test_anonymous_gets_nothing(anonymous, world, route):
     r = anonymous.get(url) if method == "GET" else anonymous.post(url, json={})
     if url.startswith("/api/"):
         assert r.status_code == 401 and r.json["error"] == "Unauthenticated"
+    elif url.startswith("/open311/"):                    # the GeoReport error format
+        assert r.status_code == 401 and (b"<error><code>401</code>" in r.data if ".xml" in url else
+                                         r.json[0]["code"] == 401 and r.json[0]["description"])
     else:
         assert r.status_code == 302 and "/login" in r.headers["Location"]
     assert world["grid"].encode() not in r.data
@@ -104,7 +115,11 @@ def url_for(kind, w) -> str:
     return {"page": "/", "me": "/api/me", "locate": f"/api/locate?lon={w['lon']}&lat={w['lat']}",
             "grids": "/api/grids", "areas": "/api/admin-areas/community", "residents": "/api/residents",
             "resident": f"/api/residents/{w['resident']}", "incidents": "/api/incidents?limit=1000",
-            "incident": f"/api/incidents/{w['incident']}", "photo": f"/api/photos/{w['photo']}"}[kind]
+            "incident": f"/api/incidents/{w['incident']}", "photo": f"/api/photos/{w['photo']}",
+            "o311_services": "/open311/v2/services.json", "o311_service": "/open311/v2/services/noise.xml",
+            "o311_requests": f"/open311/v2/requests.json?service_request_id={w['incident']}",
+            "o311_request": f"/open311/v2/requests/{w['incident']}.xml",
+            "stats": "/api/stats?level=grid", "field": "/field"}[kind]
 
 
 @pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post"}))
@@ -112,11 +127,14 @@ def test_insider_sees_it_outsider_does_not(app, world, kind):
     inside, outside = login_as(app, "gridworker"), login_as(app, "outsider")
     url = url_for(kind, world)
     ri, ro = inside.get(url), outside.get(url)
-    mark = {"areas": world["community"], "photo": None}.get(kind, world["grid"])
+    # the field page is a shell: its data come from the scoped API calls tested here too
+    mark = {"areas": world["community"], "photo": None, "o311_services": None, "o311_service": None,
+            "field": None}.get(
+        kind, world["grid"])
     assert ri.status_code == 200 and (mark is None or mark.encode() in ri.data)
     assert ro.status_code in (200, 403, 404)
     assert world["grid"].encode() not in ro.data and world["community"].encode() not in ro.data
-    if kind in ("locate", "resident", "incident", "photo"):
+    if kind in ("locate", "resident", "incident", "photo", "o311_request"):
         assert ro.status_code == 404
 
 

@@ -53,13 +53,22 @@ def principal() -> authz.Principal:
     return g.principal
 
 
-def _from_bearer(db) -> authz.Principal | None:
-    header = request.headers.get("Authorization", "")
-    if not header:
+def _open311_api_key() -> str | None:
+    """Open311 clients send the token as ``api_key`` (query, or form for POST), not as a header."""
+    if not request.path.startswith("/open311/") or request.headers.get("Authorization"):
         return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise authz.Unauthenticated("Authorization header must be 'Bearer <token>'")
+    return request.values.get("api_key", "").strip() or None
+
+
+def _from_bearer(db) -> authz.Principal | None:
+    token = _open311_api_key()
+    if token is None:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            return None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise authz.Unauthenticated("Authorization header must be 'Bearer <token>'")
     found = users.principal_for_token(db, token.strip())
     if found is None:
         raise authz.Unauthenticated("the API token is unknown, revoked or expired")
@@ -87,7 +96,7 @@ def load_principal():
         return None
     if not hasattr(view, "_gisgrid_action"):
         raise NoAccessRule(f"endpoint {request.endpoint!r} declares no access rule")
-    g.via_token = bool(request.headers.get("Authorization"))
+    g.via_token = bool(request.headers.get("Authorization") or _open311_api_key())
     g.principal = _from_bearer(db()) if g.via_token else _from_session(db())
     action = view._gisgrid_action
     if action is not None:
