@@ -1,0 +1,619 @@
+"""Field reports under load: throughput, latency and loss of POST /api/incidents.
+
+    .venv/bin/python bench/incidents.py [--clients 50] [--seconds 60] [--smoke] [--profile N]
+
+Uses its own embedded cluster (``GISGRID_HOME=/tmp/gg-bench-incidents``, ``GISGRID_PG_FAST=1``)
+with the demo district, and 50 field users (``bench-field-NN``, role field, jurisdiction the demo
+district), each with a fresh report token. Then, in one run:
+
+* gisgrid: ``gisgrid serve`` (waitress, 8 threads) as a subprocess on a free loopback port, with
+  ``GISGRID_REPORT_LIMIT=100000 per minute`` (the default 120 per minute per user would refuse
+  the load). ``--clients`` threads, one keep-alive ``requests.Session`` and one user each, post
+  reports for ``--seconds`` at deterministic random points inside the demo grids, each with a
+  fresh UUID ``Idempotency-Key``; on a timeout (5 s), a connection error, a 429 or a 5xx the SAME
+  request is retried with the SAME key (at most 5 attempts).
+* floor: as many threads, one psycopg connection each, doing the same inserts directly in SQL
+  for the same time: one transaction of INSERT incident, the link UPDATE gisgrid itself runs
+  (``linking._point_sql``: lateral grid lookup, lowest code, admin codes) and the
+  incident_event row.
+
+Afterwards the database is checked: every acknowledged key has exactly one row (lost /
+duplicated), no (client, sequence) pair has two rows, every report has its event and audit rows.
+Every run first deletes the rows of earlier bench runs so it starts from the demo data.
+Prints timings and ratios; never asserts on them.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+HOME = "/tmp/gg-bench-incidents"
+REPORT_LIMIT = "100000 per minute"
+TIMEOUT_S = 5.0
+MAX_ATTEMPTS = 5
+POINTS_PER_GRID = 25
+SEED = 20261123
+PREFIX = "bench"      # gisgrid rows: description "bench:<run>:<client>:<seq>"
+FLOOR_PREFIX = "floor"
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def pct(values, q):
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, round(q / 100 * (len(v) - 1))))]
+
+
+# -- setup ------------------------------------------------------------------------------------
+def environment():
+    os.environ.setdefault("GISGRID_HOME", HOME)
+    os.environ.setdefault("GISGRID_PG_FAST", "1")
+    os.environ["GISGRID_REPORT_LIMIT"] = os.environ.get("GISGRID_BENCH_REPORT_LIMIT", REPORT_LIMIT)
+    if not (os.environ.get("GISGRID_PII_KEY") or os.environ.get("GISGRID_PII_KEY_FILE")):
+        from gisgrid.pii import new_key
+        os.environ["GISGRID_PII_KEY"] = new_key()
+    home = Path(os.environ["GISGRID_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o755)
+    return home
+
+
+def gisgrid_cmd(*args):
+    exe = Path(sys.executable).parent / "gisgrid"
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "gisgrid.cli", *args]
+
+
+def connect():
+    from gisgrid import config
+    from gisgrid.db.engine import database_url, make_engine, make_sessionmaker
+
+    settings = config.load()
+    engine = make_engine(database_url(settings))
+    dsn = engine.url.render_as_string(hide_password=False).replace("postgresql+psycopg://", "postgresql://")
+    return settings, engine, make_sessionmaker(engine), dsn
+
+
+def ensure_demo(Session):
+    from sqlalchemy import text
+
+    try:
+        with Session() as s:
+            if s.execute(text("SELECT count(*) FROM grid")).scalar():
+                return "demo district already loaded"
+    except Exception:  # noqa: BLE001 - not migrated yet
+        pass
+    r = subprocess.run(gisgrid_cmd("demo", "--no-serve"), capture_output=True, text=True, env=os.environ)
+    if r.returncode != 0:
+        sys.exit(f"gisgrid demo --no-serve failed: {r.stderr or r.stdout}")
+    return r.stdout.splitlines()[0]     # the rest lists the demo accounts' passwords
+
+
+def reset_bench_rows(conn) -> int:
+    """Delete what earlier bench runs added, so every run starts from the demo data."""
+    like = [f"{PREFIX}:%", f"{FLOOR_PREFIX}:%"]
+    conn.execute("DELETE FROM audit_log WHERE entity = 'incident' AND entity_id IN "
+                 "(SELECT id::text FROM incident WHERE description LIKE ANY(%s))", (like,))
+    n = conn.execute("DELETE FROM incident WHERE description LIKE ANY(%s)", (like,)).rowcount
+    for t in ("incident", "incident_event", "audit_log", "api_token"):
+        conn.execute(f"VACUUM ANALYZE {t}")
+    conn.execute("CHECKPOINT")
+    return n
+
+
+def field_tokens(Session, n: int, run_id: str) -> list[tuple[str, str]]:
+    """(username, token) for n field users of the demo district; a fresh token each run."""
+    import secrets
+
+    from sqlalchemy import text
+
+    from gisgrid.layers import users
+
+    out = []
+    with Session.begin() as s:
+        district = s.execute(text("SELECT code FROM admin_area WHERE code = '420103000000'")).scalar() or \
+            s.execute(text("SELECT code FROM admin_area WHERE level = 'district' ORDER BY code LIMIT 1")).scalar()
+        for i in range(n):
+            name = f"bench-field-{i:02d}"
+            try:
+                u = users.get(s, name)
+            except Exception:  # noqa: BLE001 - NotFound
+                u = users.add(s, name, "field", [district], secrets.token_urlsafe(16), display_name=f"bench {i}")
+            plain, _ = users.create_token(s, u, f"bench {run_id}", ["report"], days=1)
+            out.append((name, plain))
+    return out
+
+
+def grid_points(conn) -> list[tuple[float, float]]:
+    rows = conn.execute(
+        "SELECT ST_X(d.geom), ST_Y(d.geom) FROM grid g, "
+        "LATERAL ST_Dump(ST_GeneratePoints(g.geom, %s, %s)) d "
+        "WHERE g.valid_to IS NULL ORDER BY g.code, d.path", (POINTS_PER_GRID, SEED)).fetchall()
+    return [(round(x, 7), round(y, 7)) for x, y in rows]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- CPU accounting (2 cores shared by server, database and clients) -------------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(f[1]), sum(int(x) for x in f[11:15])      # ppid, utime+stime+cutime+cstime
+
+
+def cpu_seconds(pid: int | None, with_children: bool = False) -> float:
+    if not pid:
+        return 0.0
+    st = _stat(pid)
+    total = st[1] if st else 0
+    if with_children:       # live backends; the exited ones are in the postmaster's cutime
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                c = _stat(int(p))
+                if c and c[0] == pid:
+                    total += c[1]
+    return total / _TICK
+
+
+class CpuMeter:
+    def __init__(self, server_pid, postmaster_pid):
+        self.pids = (server_pid, postmaster_pid)
+
+    def sample(self):
+        return (cpu_seconds(self.pids[0]), cpu_seconds(self.pids[1], True), time.process_time(), time.perf_counter())
+
+    @staticmethod
+    def line(a, b) -> str:
+        wall = b[3] - a[3]
+        parts = [f"{name} {(b[i] - a[i]) / wall:.2f}" for i, name in ((0, "server"), (1, "postgres"), (2, "bench clients"))
+                 if name != "server" or b[0]]
+        return f"CPU (cores busy, of 2 on the machine): {', '.join(parts)}"
+
+
+# -- gisgrid over HTTP ----------------------------------------------------------------------------
+class Result:
+    __slots__ = ("client", "seq", "key", "status", "code", "attempts", "first_ms", "first_ok", "done_ms")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def field_client(i, token, url, start_at, stop_at, run_id, points, cats, out, errors, lock, timeout=TIMEOUT_S):
+    import requests
+
+    rng = random.Random(SEED * 1000 + i)
+    sess = requests.Session()
+    sess.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    mine, errs = [], collections.Counter()
+    while time.perf_counter() < start_at:
+        time.sleep(0.001)
+    seq = 0
+    while time.perf_counter() < stop_at:
+        seq += 1
+        lon, lat = rng.choice(points)
+        key = str(uuid.uuid4())
+        body = json.dumps({"category": rng.choice(cats), "lon": lon, "lat": lat, "source": "patrol",
+                           "description": f"{PREFIX}:{run_id}:{i}:{seq}", "accuracy_m": 5.0}).encode()
+        t0 = time.perf_counter()
+        first_ms = first_ok = None
+        status, code, attempts = None, None, 0
+        while attempts < MAX_ATTEMPTS:
+            attempts += 1
+            ta = time.perf_counter()
+            kind = None
+            try:
+                r = sess.post(url, data=body, headers={"Idempotency-Key": key}, timeout=timeout)
+            except requests.Timeout:
+                kind = "timeout"
+            except requests.ConnectionError:
+                kind = "connection error"
+            else:
+                if r.status_code in (200, 201):
+                    status, code = r.status_code, r.json().get("code")
+                elif r.status_code == 429 or r.status_code >= 500:
+                    kind = f"HTTP {r.status_code}"
+                else:                                   # not worth a retry: record and move on
+                    status, kind = r.status_code, f"HTTP {r.status_code}"
+            if first_ms is None:
+                first_ms, first_ok = (time.perf_counter() - ta) * 1000, kind is None
+            if kind:
+                errs[kind] += 1
+            if status is not None:
+                break
+            time.sleep(0.05 * attempts)
+        if status is None:
+            errs["gave up after retries"] += 1
+        mine.append(Result(client=i, seq=seq, key=key, status=status, code=code, attempts=attempts,
+                           first_ms=first_ms, first_ok=first_ok, done_ms=(time.perf_counter() - t0) * 1000))
+    sess.close()
+    with lock:
+        out.extend(mine)
+        errors.update(errs)
+
+
+def health_client(url, stop_at, out, lock):
+    import requests
+
+    sess, mine = requests.Session(), []
+    while time.perf_counter() < stop_at:
+        t0 = time.perf_counter()
+        try:
+            ok = sess.get(url, timeout=TIMEOUT_S).status_code == 200
+        except requests.RequestException:
+            ok = False
+        if ok:
+            mine.append((time.perf_counter() - t0) * 1000)
+    with lock:
+        out.extend(mine)
+
+
+def db_counters(dsn):
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_returned, "
+                            "tup_fetched FROM pg_stat_database WHERE datname = current_database()").fetchone()
+
+
+def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None):
+    port = free_port()
+    env = dict(os.environ, GISGRID_PORT=str(port), GISGRID_HOST="127.0.0.1")
+    logpath = home / "serve.log"
+    logfh = open(logpath, "w")
+    proc = subprocess.Popen(gisgrid_cmd("serve"), env=env, stdout=logfh, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        t0 = time.perf_counter()
+        while True:
+            if proc.poll() is not None:
+                sys.exit(f"gisgrid serve exited ({proc.returncode}); see {logpath}")
+            try:
+                if requests.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.perf_counter() - t0 > 60:
+                sys.exit(f"gisgrid serve did not answer /healthz in 60 s; see {logpath}")
+            time.sleep(0.2)
+        log(f"gisgrid serve (waitress, 8 threads) up at {base} in {time.perf_counter() - t0:.1f} s, "
+            f"GISGRID_REPORT_LIMIT={os.environ['GISGRID_REPORT_LIMIT']!r}")
+        out, errors, lock = [], collections.Counter(), threading.Lock()
+        start_at = time.perf_counter() + 0.5
+        stop_at = start_at + args.seconds
+        threads = [threading.Thread(target=field_client, daemon=True,
+                                    args=(i, tokens[i][1], base + "/api/incidents", start_at, stop_at, run_id, points,
+                                          cats, out, errors, lock, args.timeout)) for i in range(args.clients)]
+        meter = CpuMeter(proc.pid, postmaster)
+        x0 = db_counters(dsn) if dsn else None
+        for t in threads:
+            t.start()
+        while time.perf_counter() < start_at:
+            time.sleep(0.001)
+        c0 = meter.sample()
+        for t in threads:
+            t.join()
+        c1 = meter.sample()
+        elapsed = c1[3] - start_at
+        time.sleep(2.0)                 # backends flush their statistics at most once a second
+        xacts = [b - a for a, b in zip(x0, db_counters(dsn))] if dsn else None
+        ceiling = None
+        if args.ceiling > 0:        # what waitress + Flask + one SELECT 1 do on this machine
+            lat, lock2 = [], threading.Lock()
+            t0 = time.perf_counter()
+            hs = [threading.Thread(target=health_client, daemon=True, args=(base + "/healthz", t0 + args.ceiling, lat,
+                                                                              lock2)) for _ in range(args.clients)]
+            h0 = meter.sample()
+            for t in hs:
+                t.start()
+            for t in hs:
+                t.join()
+            h1 = meter.sample()
+            ceiling = (len(lat) / (h1[3] - h0[3]), pct(lat, 50), pct(lat, 95), CpuMeter.line(h0, h1))
+        return out, errors, elapsed, CpuMeter.line(c0, c1), ceiling, xacts
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        logfh.close()
+
+
+def check_gisgrid(conn, results, run_id) -> dict:
+    rows = conn.execute(
+        "SELECT i.idempotency_key, i.code, i.description, i.grid_id IS NOT NULL, "
+        "(SELECT count(*) FROM incident_event e WHERE e.incident_id = i.id), "
+        "(SELECT count(*) FROM audit_log a WHERE a.entity = 'incident' AND a.action = 'create' "
+        " AND a.entity_id = i.id::text) FROM incident i WHERE i.description LIKE %s",
+        (f"{PREFIX}:{run_id}:%",)).fetchall()
+    by_key = collections.defaultdict(list)
+    by_desc = collections.Counter()
+    for r in rows:
+        by_key[r[0]].append(r)
+        by_desc[r[2]] += 1
+    acked = [r for r in results if r.status in (200, 201)]
+    acked_keys = {r.key for r in acked}
+    return {
+        "rows": len(rows),
+        "acked": len(acked),
+        "lost": sum(1 for r in acked if r.key not in by_key),
+        "dup_key": sum(len(v) - 1 for v in by_key.values() if len(v) > 1),
+        "dup_seq": sum(n - 1 for n in by_desc.values() if n > 1),
+        "code_mismatch": sum(1 for r in acked if r.key in by_key and by_key[r.key][0][1] != r.code),
+        "stored_unacked": sum(1 for k in by_key if k not in acked_keys),
+        "unlinked": sum(1 for r in rows if not r[3]),
+        "no_event": sum(1 for r in rows if r[4] != 1),
+        "no_audit": sum(1 for r in rows if r[5] != 1),
+    }
+
+
+# -- floor: the same inserts in SQL ---------------------------------------------------------------
+def floor_sql():
+    from gisgrid.layers import linking
+
+    insert = ("INSERT INTO incident (code, idempotency_key, category, description, source, reporter, state, "
+              "accuracy_m, input_crs, geom) VALUES (%(code)s, %(key)s, %(cat)s, %(descr)s, 'patrol', %(rep)s, "
+              "'reported', 5.0, 'EPSG:4326', ST_SetSRID(ST_MakePoint(%(x)s, %(y)s), 4326)) RETURNING id")
+    link = linking._point_sql("incident", linking.ANCHORS["incident"], "id = %(id)s")
+    event = ("INSERT INTO incident_event (incident_id, actor, from_state, to_state, note) "
+             "VALUES (%(id)s, %(rep)s, NULL, 'reported', '[report]')")
+    return insert, link, event
+
+
+def floor_client(i, dsn, start_at, stop_at, run_id, points, cats, out, errors, lock):
+    import psycopg
+
+    insert, link, event = floor_sql()
+    rng = random.Random(SEED * 1000 + i)
+    mine, errs = [], collections.Counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.perf_counter() < start_at:
+            time.sleep(0.001)
+        seq = 0
+        while time.perf_counter() < stop_at:
+            seq += 1
+            lon, lat = rng.choice(points)
+            p = {"code": f"FL{run_id}{i:03d}{seq:07d}", "key": str(uuid.uuid4()), "cat": rng.choice(cats),
+                 "descr": f"{FLOOR_PREFIX}:{run_id}:{i}:{seq}", "rep": f"bench-field-{i:02d}", "x": lon, "y": lat}
+            t0 = time.perf_counter()
+            try:
+                with conn.transaction():
+                    p["id"] = conn.execute(insert, p).fetchone()[0]
+                    conn.execute(link, p)
+                    conn.execute(event, p)
+            except psycopg.Error as e:
+                errs[type(e).__name__] += 1
+                continue
+            mine.append((p["key"], (time.perf_counter() - t0) * 1000))
+    with lock:
+        out.extend(mine)
+        errors.update(errs)
+
+
+def run_floor(args, dsn, points, cats, run_id, postmaster):
+    out, errors, lock = [], collections.Counter(), threading.Lock()
+    start_at = time.perf_counter() + 1.0
+    stop_at = start_at + args.seconds
+    threads = [threading.Thread(target=floor_client, daemon=True,
+                                args=(i, dsn, start_at, stop_at, run_id, points, cats, out, errors, lock))
+               for i in range(args.clients)]
+    meter = CpuMeter(None, postmaster)
+    for t in threads:
+        t.start()
+    while time.perf_counter() < start_at:
+        time.sleep(0.001)
+    c0 = meter.sample()
+    for t in threads:
+        t.join()
+    c1 = meter.sample()
+    return out, errors, c1[3] - start_at, CpuMeter.line(c0, c1)
+
+
+def check_floor(conn, done, run_id) -> dict:
+    keys = {r[0] for r in conn.execute("SELECT idempotency_key FROM incident WHERE description LIKE %s "
+                                       "AND grid_id IS NOT NULL", (f"{FLOOR_PREFIX}:{run_id}:%",))}
+    return {"rows": len(keys), "lost": sum(1 for k, _ in done if k not in keys)}
+
+
+# -- profile: one in-process request loop ---------------------------------------------------------
+def profile(Session, tokens, points, cats, n: int) -> None:
+    """cProfile of n reports through app.test_client(), and the SQL statements one report runs."""
+    import cProfile
+    import io
+    import pstats
+
+    from sqlalchemy import event
+
+    from gisgrid.web import create_app
+
+    app = create_app()
+    engine = app.extensions["gisgrid"]["engine"]
+    stmts = collections.defaultdict(lambda: [0, 0.0])
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        conn.info["t0"] = time.perf_counter()
+
+    def after(conn, cursor, statement, parameters, context, executemany):
+        s = stmts[" ".join(statement.split())[:90]]
+        s[0] += 1
+        s[1] += time.perf_counter() - conn.info.pop("t0")
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+    client = app.test_client()
+    rng = random.Random(SEED)
+    hdr = {"Authorization": f"Bearer {tokens[0][1]}"}
+    run_id = "prof" + uuid.uuid4().hex[:6]
+
+    def one(k):
+        lon, lat = rng.choice(points)
+        r = client.post("/api/incidents", json={"category": rng.choice(cats), "lon": lon, "lat": lat,
+                                                "description": f"{PREFIX}:{run_id}:0:{k}"},
+                        headers={**hdr, "Idempotency-Key": str(uuid.uuid4())})
+        assert r.status_code == 201, r.get_data(as_text=True)
+
+    for k in range(20):             # warm up: pool, caches
+        one(-k - 1)
+    stmts.clear()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for k in range(n):
+        one(k)
+    prof.disable()
+    wall = time.perf_counter() - t0
+    log(f"\nprofile: {n} reports in-process via app.test_client(): {wall / n * 1000:.1f} ms each "
+        f"(under cProfile), {sum(v[0] for v in stmts.values()) / n:.1f} SQL statements per report, "
+        f"{sum(v[1] for v in stmts.values()) / n * 1000:.1f} ms of it waiting on SQL")
+    engine.dispose()
+    for order, what, n_lines in (("cumulative", "", 12), ("cumulative", "gisgrid/", 15), ("tottime", "", 12)):
+        buf = io.StringIO()
+        st = pstats.Stats(prof, stream=buf).sort_stats(order)
+        st.print_stats(*([what] if what else []), n_lines)
+        text_ = buf.getvalue()
+        log(f"top by {order}" + (f" within {what}" if what else "") + ":")
+        log(text_[text_.index("   ncalls"):].rstrip() if "   ncalls" in text_ else text_)
+    log("SQL statements per report (ms per report, count per report), by time:")
+    for sql, (cnt, secs) in sorted(stmts.items(), key=lambda kv: -kv[1][1]):
+        log(f"  {secs / n * 1000:6.2f} ms  {cnt / n:4.1f}×  {sql}")
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--smoke", action="store_true", help="5 clients for 5 s")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile N reports in-process (cProfile, SQL per statement)")
+    ap.add_argument("--timeout", type=float, default=TIMEOUT_S, help="client timeout per attempt, s (default 5)")
+    ap.add_argument("--ceiling", type=float, default=10.0, metavar="S",
+                    help="after the reports, S seconds of GET /healthz as the server stack's reference (0: skip)")
+    ap.add_argument("--no-floor", action="store_true", help="skip the psycopg floor")
+    ap.add_argument("--keep-db", action="store_true", help="leave the cluster running at the end")
+    args = ap.parse_args()
+    if args.smoke:
+        args.clients, args.seconds, args.ceiling = 5, 5.0, min(args.ceiling, 2.0)
+    home = environment()
+    import psycopg
+
+    from gisgrid.db.engine import cluster_for
+
+    settings, engine, Session, dsn = connect()
+    cluster = cluster_for(settings)
+    try:
+        log(ensure_demo(Session))
+        run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            log(conn.execute("SELECT split_part(version(), ' on ', 1) || ', PostGIS ' || postgis_lib_version()")
+                .fetchone()[0] + f"; {os.cpu_count()} cores shared by server, database and clients")
+            removed = reset_bench_rows(conn)
+            points = grid_points(conn)
+            n_grid, n_inc = conn.execute("SELECT (SELECT count(*) FROM grid WHERE valid_to IS NULL), "
+                                         "(SELECT count(*) FROM incident)").fetchone()
+        from gisgrid.layers import incidents as inc_layer
+
+        with Session() as s:
+            cats = sorted(c["code"] for c in inc_layer.categories(s))
+        tokens = field_tokens(Session, max(args.clients, 1), run_id)
+        log(f"run {run_id}: {n_grid} grids, {len(points):,} report points ({POINTS_PER_GRID} per grid), "
+            f"{n_inc:,} incidents before (removed {removed:,} rows of earlier bench runs), "
+            f"{args.clients} clients × {args.seconds:g} s, timeout {args.timeout:g} s, ≤ {MAX_ATTEMPTS} attempts")
+        postmaster = cluster.postmaster_pid()
+        if args.profile:
+            profile(Session, tokens, points, cats, args.profile)
+
+        log(f"\ngisgrid: POST /api/incidents, {args.clients} client threads (requests.Session, keep-alive)")
+        res, errs, g_secs, g_cpu, ceiling, xacts = run_gisgrid(args, tokens, points, cats, run_id, home, postmaster,
+                                                               dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            chk = check_gisgrid(conn, res, run_id)
+        ok = [r for r in res if r.status in (200, 201)]
+        g_tput = len(ok) / g_secs
+        done = [r.done_ms for r in ok]
+        first = [r.first_ms for r in res if r.first_ok]
+        log(f"  {len(ok):,} reports acknowledged in {g_secs:.1f} s ({sum(r.status == 201 for r in ok):,} × 201, "
+            f"{sum(r.status == 200 for r in ok):,} × 200 replay; {sum(r.attempts > 1 for r in res):,} needed a retry)")
+        log(f"  completed latency (incl. retries): p50 {pct(done, 50):.1f} ms  p95 {pct(done, 95):.1f} ms  "
+            f"p99 {pct(done, 99):.1f} ms  max {max(done, default=float('nan')):.1f} ms")
+        log(f"  first attempts that succeeded: p50 {pct(first, 50):.1f} ms  p95 {pct(first, 95):.1f} ms")
+        log(f"  errors by kind: {dict(errs) or 'none'}")
+        log(f"  {g_cpu}")
+        log(f"  database check: {chk['rows']:,} rows for {chk['acked']:,} acknowledged keys; lost {chk['lost']}, "
+            f"duplicated by key {chk['dup_key']}, duplicated by (client, seq) {chk['dup_seq']}, "
+            f"code differs from the response {chk['code_mismatch']}, stored but never acknowledged "
+            f"{chk['stored_unacked']}, unlinked {chk['unlinked']}, without their one event {chk['no_event']}, "
+            f"without their one audit row {chk['no_audit']}")
+        if xacts and ok:
+            n = len(ok)
+            log(f"  database work per acknowledged report (pg_stat_database): {xacts[0] / n:.1f} commits, "
+                f"{xacts[1] / n:.1f} rollbacks, {xacts[2] / n:.1f} rows inserted, {xacts[3] / n:.1f} rows updated, "
+                f"{xacts[4] / n:.0f} rows scanned")
+        if ceiling:
+            log(f"  reference, same server and clients, GET /healthz for {args.ceiling:g} s (no auth, one SELECT 1): "
+                f"{ceiling[0]:.0f} requests/s, p50 {ceiling[1]:.1f} ms, p95 {ceiling[2]:.1f} ms; {ceiling[3]}")
+        slow = (home / "serve.log").read_text(errors="replace").count("Task queue depth")
+        if slow:
+            log(f"  waitress logged 'Task queue depth' {slow} times (requests waiting for one of its 8 threads)")
+
+        if args.no_floor:
+            return
+        log(f"\nfloor: psycopg, {args.clients} threads, one autocommit connection each; per report one transaction "
+            "of INSERT incident + link UPDATE (linking._point_sql) + INSERT incident_event")
+        fres, ferrs, f_secs, f_cpu = run_floor(args, dsn, points, cats, run_id, postmaster)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            fchk = check_floor(conn, fres, run_id)
+        f_tput = len(fres) / f_secs
+        flat = [ms for _, ms in fres]
+        log(f"  {len(fres):,} reports in {f_secs:.1f} s; p50 {pct(flat, 50):.1f} ms  p95 {pct(flat, 95):.1f} ms; "
+            f"errors {dict(ferrs) or 'none'}; {fchk['rows']:,} linked rows in the database, lost {fchk['lost']}")
+        log(f"  {f_cpu}")
+
+        log(f"\n{'':24s} {'reports/s':>10s} {'p50 ms':>8s} {'p95 ms':>8s}")
+        log(f"{'gisgrid (HTTP)':24s} {g_tput:10.1f} {pct(done, 50):8.1f} {pct(done, 95):8.1f}")
+        log(f"{'floor (psycopg SQL)':24s} {f_tput:10.1f} {pct(flat, 50):8.1f} {pct(flat, 95):8.1f}")
+        log(f"{'gisgrid / floor':24s} {g_tput / f_tput:9.2f}× {pct(done, 50) / pct(flat, 50):7.2f}× "
+            f"{pct(done, 95) / pct(flat, 95):7.2f}×")
+        p95 = pct(done, 95)
+        log(f"\ngisgrid vs goals ({args.clients} clients × {args.seconds:g} s):")
+        log(f"  p95 {p95:.0f} ms (goal < 100 ms) – {'met' if p95 < 100 else 'NOT met'}")
+        log(f"  throughput {g_tput / f_tput:.2f}× floor (goal ≥ 0.5×) – {'met' if g_tput / f_tput >= 0.5 else 'NOT met'}")
+        lossless = chk["lost"] == 0 and chk["dup_key"] == 0 and chk["dup_seq"] == 0
+        log(f"  lost {chk['lost']}, duplicated {chk['dup_key'] + chk['dup_seq']} (goal 0 and 0) – "
+            f"{'met' if lossless else 'NOT met'}")
+    finally:
+        engine.dispose()
+        if not args.keep_db:
+            subprocess.run(gisgrid_cmd("db", "stop"), env=os.environ, capture_output=True)
+            log("cluster stopped (gisgrid db stop)")
+
+
+if __name__ == "__main__":
+    main()
