@@ -273,3 +273,19 @@ def test_security_headers(client):
 def test_oversized_request_is_refused(anonymous):
     r = anonymous.post("/login", data=b"x" * (17 * 1024 * 1024), content_type="application/octet-stream")
     assert r.status_code == 413
+
+
+def test_token_last_used_is_recorded_without_a_write_per_request(app, anonymous, token_for):
+    plain, tid = token_for("viewer", ["read"])
+    h = {"Authorization": f"Bearer {plain}"}
+
+    def last_used():
+        with app.extensions["gisgrid"]["sessions"]() as s:
+            return s.execute(text("SELECT last_used_at FROM api_token WHERE id = :i"), {"i": tid}).scalar()
+
+    assert last_used() is None
+    assert anonymous.get("/api/me", headers=h).status_code == 200
+    first = last_used()
+    assert first is not None
+    assert anonymous.get("/api/me", headers=h).status_code == 200
+    assert last_used() == first           # within five minutes: not written again

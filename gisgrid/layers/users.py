@@ -24,6 +24,7 @@ from gisgrid.errors import DuplicateCode, InvalidInput, NotFound, UnknownReferen
 
 ROLES = {"admin": "管理员", "commander": "指挥中心", "planner": "规划员", "field": "网格员", "viewer": "只读"}
 MIN_PASSWORD = 10
+LAST_USED_EVERY = timedelta(minutes=5)
 _HASHER = PasswordHasher()
 _DUMMY_HASH = _HASHER.hash("timing equaliser for unknown users")
 
@@ -168,7 +169,8 @@ def principal_for_token(session: Session, token: str) -> Principal | None:
     if row is None:
         return None
     tok, user = row
-    tok.last_used_at = now
+    if tok.last_used_at is None or now - tok.last_used_at > LAST_USED_EVERY:
+        tok.last_used_at = now      # at most every few minutes: not a write on every request
     return user.principal(tok.scopes)
 
 

@@ -72,7 +72,8 @@ def _from_bearer(db) -> authz.Principal | None:
     found = users.principal_for_token(db, token.strip())
     if found is None:
         raise authz.Unauthenticated("the API token is unknown, revoked or expired")
-    db.commit()       # last_used_at
+    if db.dirty:
+        db.commit()   # last_used_at, when it was due
     return found
 
 
