@@ -267,6 +267,29 @@ def detail(session, code: str, scope: tuple[str, dict] = ("TRUE", {})) -> dict:
     return out
 
 
+def _reported_between(conds: list, params: dict, since, until) -> None:
+    """Add the ``[since, until)`` condition on ``i.reported_at`` (either bound optional)."""
+    if since:
+        conds.append("i.reported_at >= :since")
+        params["since"] = since
+    if until:
+        conds.append("i.reported_at < :until")
+        params["until"] = until
+
+
+def scoped_id(session, code: str, scope: tuple[str, dict]) -> int:
+    """The id of incident ``code`` if it lies inside ``scope`` (alias ``i``); NotFound otherwise."""
+    from sqlalchemy import text
+
+    from gisgrid.errors import NotFound
+
+    found = session.execute(text(f"SELECT i.id FROM incident i WHERE i.code = :c AND {scope[0]}"),
+                            {"c": code, **scope[1]}).scalar()
+    if found is None:
+        raise NotFound(f"no incident {code!r} in your jurisdiction", field="code")
+    return found
+
+
 def search(session, scope: tuple[str, dict], *, state=None, category=None, grid=None, area=None, since=None,
            until=None, assignee_username=None, overdue=False, limit=100, offset=0) -> dict:
     """Incidents inside ``scope`` (alias ``i``) with filters, newest first: ``{"total", "items"}``."""
@@ -280,12 +303,7 @@ def search(session, scope: tuple[str, dict], *, state=None, category=None, grid=
     if area:
         conds.append("(i.community_code = :area OR i.street_code = :area OR i.district_code = :area)")
         params["area"] = area
-    if since:
-        conds.append("i.reported_at >= :since")
-        params["since"] = since
-    if until:
-        conds.append("i.reported_at < :until")
-        params["until"] = until
+    _reported_between(conds, params, since, until)
     if overdue:
         conds.append("i.deadline < now() AND i.state = ANY(:open)")
     if assignee_username:
@@ -335,12 +353,7 @@ def statistics(session, scope: tuple[str, dict], *, level: str = "community", si
         raise InvalidInput(f"level must be one of {', '.join(STAT_LEVELS)}, got {level!r}", field="level")
     col = STAT_LEVELS[level]
     conds, params = [scope[0], f"i.{col} IS NOT NULL"], {**scope[1], "open": list(OPEN_STATES)}
-    if since:
-        conds.append("i.reported_at >= :since")
-        params["since"] = since
-    if until:
-        conds.append("i.reported_at < :until")
-        params["until"] = until
+    _reported_between(conds, params, since, until)
     group = f"i.{col}, i.category" if by_category else f"i.{col}"
     names = ("(SELECT name FROM grid WHERE code = s.code AND valid_to IS NULL LIMIT 1)" if level == "grid"
              else "(SELECT name FROM admin_area WHERE code = s.code)")

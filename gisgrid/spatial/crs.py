@@ -41,6 +41,7 @@ def to_storage(geoms, crs):
     Geographic CRSs on the CGCS2000/WGS84 datums (EPSG:4326, 4490) are returned unchanged: they
     agree within centimetres at grid scale.
     """
+    import numpy as np
     import pyproj
     import shapely
 
@@ -48,7 +49,7 @@ def to_storage(geoms, crs):
     if src.to_epsg() in (4326, 4490):
         return geoms
     tr = pyproj.Transformer.from_crs(src, STORAGE, always_xy=True)
-    return shapely.transform(geoms, lambda xy: __import__("numpy").column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+    return shapely.transform(geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
 
 
 def point_to_storage(x, y, crs="EPSG:4326"):

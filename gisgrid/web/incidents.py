@@ -1,7 +1,7 @@
 """Incident API: report (idempotent), read, move through the loop, merge, photos, overdue."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from gisgrid import authz, workflow
 from gisgrid.errors import InvalidInput, NotFound
@@ -29,7 +29,7 @@ def _report_limit() -> str:
 
 
 def _caller_key() -> str:
-    p = getattr(__import__("flask").g, "principal", None)
+    p = getattr(g, "principal", None)
     return f"user:{p.username}" if p else request.remote_addr or "-"
 
 
@@ -304,8 +304,7 @@ def incident_photo_upload(code):
     if f is None:
         raise InvalidInput("send the image as multipart form field 'photo'", field="photo")
     s, p = db(), principal()
-    inc = incidents.detail(s, code, authz.scope_sql(p, "i"))
-    iid = s.execute(__import__("sqlalchemy").text("SELECT id FROM incident WHERE code = :c"), {"c": inc["code"]}).scalar()
+    iid = incidents.scoped_id(s, code, authz.scope_sql(p, "i"))
     digest = photos.add(s, iid, f.read(photos.MAX_BYTES + 1), p.username)
     s.commit()
     return jsonify({"sha256": digest, "url": f"/api/photos/{digest}"}), 201
