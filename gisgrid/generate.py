@@ -41,7 +41,8 @@ from gisgrid.spatial import synth
 from gisgrid.spatial.crs import STORAGE, gk_zone_for
 
 GEODATA = Path(__file__).resolve().parent.parent / "geodata"
-LAYER_TABLES = ("incident_event", "incident", "grid_assignment", "staff", "resident", "place", "patrol_route",
+LAYER_TABLES = ("incident_event", "incident", "grid_assignment", "staff", "resident", "place", "patrol_checkin",
+                "patrol_schedule", "patrol_route_point", "patrol_route",
                 "patrol_point", "building", "road", "plan_cell", "grid", "grid_plan", "admin_area")
 
 
@@ -391,11 +392,15 @@ def build(scale: Scale | str, seed: int = 20261122, until: date | None = None, p
         if len(k) >= 2:
             xy = shapely.get_coordinates(pp_ll[k])
             ang = np.arctan2(xy[:, 1] - xy[:, 1].mean(), xy[:, 0] - xy[:, 0].mean())
-            ring = xy[np.argsort(ang)]
-            routes.append((f"RT{s + 1:04d}", f"{sname}巡逻路线", f"{sname}巡防队", shapely.LineString(ring)))
+            order = np.argsort(ang)
+            routes.append((f"RT{s + 1:04d}", f"{sname}巡逻路线", f"{sname}巡防队", shapely.LineString(xy[order]),
+                           k[order] + 1))
     patrol_route = pd.DataFrame({"id": np.arange(1, len(routes) + 1), "code": [r[0] for r in routes],
                                  "name": [r[1] for r in routes], "team": [r[2] for r in routes],
                                  "geom": ewkb_hex(np.array([r[3] for r in routes], dtype=object))})
+    route_point = pd.DataFrame([{"route_id": n, "seq": q, "point_id": int(pid)}
+                                for n, r in enumerate(routes, start=1) for q, pid in enumerate(r[4], start=1)],
+                               columns=["route_id", "seq", "point_id"])
 
     # 9. incidents over the year before `until`, with their history
     ni = scale.incidents
@@ -453,7 +458,7 @@ def build(scale: Scale | str, seed: int = 20261122, until: date | None = None, p
     tick("incidents", ni)
     return {"admin_area": admin, "grid": grid, "road": road, "building": building, "resident": resident,
             "staff": staff, "grid_assignment": assignment, "place": place, "patrol_point": patrol_point,
-            "patrol_route": patrol_route, "incident": incident, "incident_event": event}
+            "patrol_route": patrol_route, "patrol_route_point": route_point, "incident": incident, "incident_event": event}
 
 
 def is_loaded(session: Session) -> bool:
@@ -472,7 +477,8 @@ def load(session: Session, frames: dict[str, pd.DataFrame], *, replace: bool = F
     counts = {}
     for table, df in frames.items():
         counts[table] = copy_frame(session, table, df)
-        reset_sequence(session, table)
+        if "id" in df.columns:
+            reset_sequence(session, table)
         tick(table, counts[table])
     session.execute(text("ANALYZE"))
     linking.relink(session)

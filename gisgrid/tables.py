@@ -40,3 +40,16 @@ def to_xlsx(rows: list[dict], columns: dict[str, tuple[str, str]], lang: str = "
     out = io.BytesIO()
     wb.save(out)
     return out.getvalue()
+
+
+MIME = {"csv": "text/csv", "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
+
+
+def spreadsheet(rows: list[dict], columns: dict[str, tuple[str, str]], fmt: str, lang: str = "zh",
+                sheet: str = "统计") -> tuple[bytes, str]:
+    """The rows as ``fmt`` ("csv" or "xlsx"): ``(content, mime type)``."""
+    if fmt == "csv":
+        return to_csv(rows, columns, lang), MIME["csv"]
+    if fmt == "xlsx":
+        return to_xlsx(rows, columns, lang, sheet), MIME["xlsx"]
+    raise ValueError(f"fmt must be csv or xlsx, got {fmt!r}")

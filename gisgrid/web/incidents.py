@@ -366,8 +366,6 @@ def stats():
         401: {$ref: '#/components/responses/Unauthenticated'}
         403: {$ref: '#/components/responses/Forbidden'}
     """
-    from gisgrid import tables
-
     a = request.args
     fmt = a.get("format", "json")
     if fmt not in ("json", "csv", "xlsx"):
@@ -379,13 +377,14 @@ def stats():
     if fmt == "json":
         return jsonify(rows)
     authz.require(p, "export")
-    lang = "en" if a.get("lang") == "en" else "zh"
-    cols = incidents.STAT_COLUMNS
-    name = f"gisgrid-stats-{a.get('level', 'community')}"
-    if fmt == "csv":
-        resp = Response(tables.to_csv(rows, cols, lang), mimetype="text/csv")
-    else:
-        resp = Response(tables.to_xlsx(rows, cols, lang),
-                        mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+    return download(rows, incidents.STAT_COLUMNS, f"gisgrid-stats-{a.get('level', 'community')}", fmt)
+
+
+def download(rows: list[dict], columns: dict, name: str, fmt: str) -> Response:
+    """``rows`` as a CSV or XLSX attachment, headers in the request's ``lang`` (zh, or en)."""
+    from gisgrid import tables
+
+    content, mime = tables.spreadsheet(rows, columns, fmt, "en" if request.args.get("lang") == "en" else "zh")
+    resp = Response(content, mimetype=mime)
     resp.headers["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
     return resp

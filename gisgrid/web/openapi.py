@@ -37,6 +37,15 @@ INCIDENT = {"type": "object", "required": ["code", "category", "state", "level",
                 "team": {"type": "array", "items": {"type": "object"}},
                 "allowed": {"type": "array", "items": {"type": "string"}},
                 "possible_duplicates": {"type": "array", "items": {"type": "object"}}}}
+CHECKIN = {"type": "object", "required": ["point", "worker", "at", "distance_m", "allowed_m", "accepted", "status"],
+           "properties": {
+               "point": {"type": "string"}, "point_name": {"type": "string"}, "route": {"type": "string", "nullable": True},
+               "worker": {"type": "string"}, "team": {"type": "string", "nullable": True},
+               "at": {"type": "string", "format": "date-time"}, "received_at": {"type": "string", "format": "date-time"},
+               "accuracy_m": {"type": "number", "nullable": True}, "distance_m": {"type": "number"},
+               "allowed_m": {"type": "number"}, "accepted": {"type": "boolean"},
+               "status": {"type": "string", "enum": ["accepted", "rejected"]},
+               "lon": {"type": "number"}, "lat": {"type": "number"}, "grid_code": {"type": "string", "nullable": True}}}
 GRID_REF = {"type": "object", "nullable": True, "properties": {
     "id": {"type": "integer"}, "code": {"type": "string"},
     **{k: {"type": "string"} for k in ("community_code", "street_code", "district_code")}}}
@@ -49,7 +58,7 @@ def build(app) -> dict:
                    security=[{"bearer": []}])
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for name, schema in (("Error", ERROR), ("FeatureCollection", FEATURE_COLLECTION), ("Resident", RESIDENT),
-                         ("GridRef", GRID_REF), ("Incident", INCIDENT)):
+                         ("GridRef", GRID_REF), ("Incident", INCIDENT), ("Checkin", CHECKIN)):
         spec.components.schema(name, schema)
     for response, desc in (("BadRequest", "invalid parameter"), ("Unauthenticated", "no or bad credentials"),
                            ("Forbidden", "the role or token may not do this"),
@@ -62,7 +71,7 @@ def build(app) -> dict:
             "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
     with app.test_request_context():
         for endpoint, view in sorted(app.view_functions.items()):
-            if endpoint.split(".")[0] in ("api", "incidents") and endpoint != "api.openapi_document" \
+            if endpoint.split(".")[0] in ("api", "incidents", "patrol") and endpoint != "api.openapi_document" \
                     and view.__doc__ and "---" in view.__doc__:
                 spec.path(view=view, app=app)
     return spec.to_dict()
