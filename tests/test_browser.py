@@ -132,3 +132,70 @@ def test_field_report_made_offline_is_sent_once_when_back_online(server, demo_ur
     assert len(rows) == 1, rows
     assert rows[0][0] == code and rows[0][1] and rows[0][2] == "patrol"
     assert code in result
+
+
+def test_field_patrol_checkin_offline_then_online_and_a_rejected_one(server, demo_url, demo_passwords):
+    """The patrol tab: a check-in made offline waits in the outbox, is accepted once online
+    (12 m from the point, radius 30 m), and one made 200 m away is recorded as rejected."""
+    import json
+    import uuid
+
+    import psycopg
+    import pyproj
+    from shapely.geometry import Point, shape
+    from sqlalchemy.orm import Session
+
+    from gisgrid.db.engine import make_engine
+    from gisgrid.layers import writes
+
+    pg = demo_url.replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(pg) as c:
+        gj = c.execute("SELECT ST_AsGeoJSON(geom) FROM grid WHERE valid_to IS NULL ORDER BY code LIMIT 1").fetchone()[0]
+    here = shape(json.loads(gj)).representative_point()
+    code = f"PPB{uuid.uuid4().hex[:8]}"
+    eng = make_engine(demo_url)
+    with Session(eng) as s:
+        writes.add(s, "patrol_point", [{"code": code, "name": "浏览器测试点", "radius_m": 30, "geometry": here}],
+                   actor="test")
+        s.commit()
+    eng.dispose()
+    geod = pyproj.Geod(ellps="WGS84")
+    near_lon, near_lat, _ = geod.fwd(here.x, here.y, 45, 12)
+    far_lon, far_lat, _ = geod.fwd(here.x, here.y, 45, 200)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                  geolocation={"latitude": near_lat, "longitude": near_lon, "accuracy": 8},
+                                  permissions=["geolocation"], locale="zh-CN")
+        page = ctx.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        login(page, server, "gridworker", demo_passwords["gridworker"])
+        page.goto(server + "field", wait_until="networkidle")
+        page.click("nav button[data-tab=patrol]")
+        button = page.locator(f'#points li[data-code="{code}"] button')
+        expect(button).to_be_visible()
+        expect(page.locator("#gps")).to_contain_text("±8m")
+        ctx.set_offline(True)
+        button.click()
+        expect(page.locator("#outbox")).to_contain_text("1")
+        expect(page.locator("#result")).to_contain_text("离线保存")
+        with psycopg.connect(pg) as c:
+            assert c.execute("SELECT count(*) FROM patrol_checkin k JOIN patrol_point p ON p.id = k.point_id "
+                             "WHERE p.code = %s", (code,)).fetchone()[0] == 0
+        ctx.set_offline(False)
+        expect(page.locator("#result")).to_contain_text("签到成功", timeout=20000)
+        page.wait_for_timeout(6000)          # the periodic retry must not send it again
+        page.screenshot(path=str(ARTIFACTS / "field_checkin.png"))
+        ctx.set_geolocation({"latitude": far_lat, "longitude": far_lon, "accuracy": 8})
+        expect(page.locator("#gps")).to_contain_text(f"{far_lat:.6f}")
+        button.click()
+        expect(page.locator("#result")).to_contain_text("签到未通过", timeout=20000)
+        browser.close()
+    assert errors == []
+    with psycopg.connect(pg) as c:
+        rows = c.execute("SELECT k.accepted, k.distance_m, k.allowed_m, k.worker FROM patrol_checkin k "
+                         "JOIN patrol_point p ON p.id = k.point_id WHERE p.code = %s ORDER BY k.at", (code,)).fetchall()
+    assert [r[0] for r in rows] == [True, False], rows
+    assert abs(rows[0][1] - 12) < 0.5 and rows[0][2] == 38 and abs(rows[1][1] - 200) < 0.5
+    assert {r[3] for r in rows} == {"gridworker"}

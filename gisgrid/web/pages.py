@@ -43,7 +43,8 @@ def healthz():
 
 FIELD_LABELS = ("online", "offline", "waiting", "sent", "grid", "unlinked", "duplicates", "sending", "saved_offline",
                 "refused", "no_position", "dragged", "overdue", "act_start", "act_feedback", "feedback_note",
-                "queue_empty")
+                "queue_empty", "tab_patrol", "checkin", "checkin_ok", "checkin_rejected", "distance", "allowed", "no_gps",
+                "points_empty", "radius")
 
 
 @bp.get("/field")

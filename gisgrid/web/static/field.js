@@ -1,7 +1,7 @@
-// gisgrid field page: report incidents from a phone, also without network.
-// Every report gets an idempotency key when it is made; it waits in IndexedDB until the
-// server has answered, and every resend carries the same key, so a report is never lost and
-// never filed twice.
+// gisgrid field page: report incidents and check in at patrol points from a phone, also
+// without network. Every report and every check-in gets an idempotency key when it is made; it
+// waits in the one IndexedDB outbox until the server has answered, and every resend carries the
+// same key, so nothing is lost and nothing is filed twice.
 (function () {
   "use strict";
   var cfg = JSON.parse(document.getElementById("field-config").textContent);
@@ -56,11 +56,15 @@
     }).catch(function () { /* network still down: keep everything */ })
       .then(function () { sending = false; return updateOutbox(); });
   }
+  // an outbox item: {key, made, url, body, photo?}; items queued before check-ins existed
+  // carry their report as item.report and go to /api/incidents
   function send(item) {
-    return api("POST", "/api/incidents", item.report, { "Idempotency-Key": item.key }).then(function (r) {
+    var url = item.url || "/api/incidents", body = item.body || item.report;
+    return api("POST", url, body, { "Idempotency-Key": item.key }).then(function (r) {
       if (r.status === 200 || r.status === 201) {
         var next = item.photo ? uploadPhoto(r.body.code, item.photo) : Promise.resolve();
-        return next.then(function () { return outbox.del(item.key); }).then(function () { showResult(r.body); });
+        return next.then(function () { return outbox.del(item.key); })
+          .then(function () { (url === CHECKINS ? showCheckin : showResult)(r.body); });
       }
       if (r.status >= 400 && r.status < 500 && r.status !== 408 && r.status !== 429) {
         // refused for good (bad input, no permission): say why, do not retry for ever
@@ -75,6 +79,19 @@
     var fd = new FormData(); fd.append("photo", blob, "photo.jpg");
     return api("POST", "/api/incidents/" + encodeURIComponent(code) + "/photos", fd);
   }
+  function enqueue(item) {
+    return outbox.put(item).then(function () {
+      $("#result").innerHTML = "<p>" + esc(navigator.onLine ? T.sending : T.saved_offline) + "</p>";
+      return flush();
+    }).then(function () {
+      return outbox.all().then(function (items) {
+        if (items.some(function (i) { return i.key === item.key; })) {
+          $("#result").innerHTML = "<p>" + esc(T.saved_offline) + "</p>";
+        }
+      });
+    });
+  }
+  function newKey() { return crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random(); }
   function updateOutbox() {
     return outbox.all().then(function (items) {
       $("#outbox").textContent = items.length ? T.waiting.replace("{n}", items.length) : "";
@@ -138,24 +155,60 @@
     if (!pin) { $("#result").textContent = T.no_position; return; }
     var f = e.target, p = pin.getLatLng();
     var item = {
-      key: (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random()),
-      made: new Date().toISOString(),
-      report: { category: f.category.value, description: f.description.value, lon: p.lng, lat: p.lat,
-                source: "patrol" },
+      key: newKey(), made: new Date().toISOString(), url: "/api/incidents",
+      body: { category: f.category.value, description: f.description.value, lon: p.lng, lat: p.lat,
+              source: "patrol" },
       photo: f.photo.files[0] || null
     };
-    if (accuracy) { item.report.accuracy_m = accuracy; }
-    outbox.put(item).then(function () {
-      f.description.value = ""; f.photo.value = "";
-      $("#result").innerHTML = "<p>" + esc(navigator.onLine ? T.sending : T.saved_offline) + "</p>";
-      return flush();
-    }).then(function () {
-      return outbox.all().then(function (items) {
-        if (items.some(function (i) { return i.key === item.key; })) {
-          $("#result").innerHTML = "<p>" + esc(T.saved_offline) + "</p>";
-        }
-      });
-    });
+    if (accuracy) { item.body.accuracy_m = accuracy; }
+    f.description.value = ""; f.photo.value = "";
+    enqueue(item);
+  });
+
+  // -- patrol: check in at a point with the GPS fix (never the dragged pin) ------------------
+  var CHECKINS = "/api/patrol/checkins", gps = null, points = [];
+  function metres(lat1, lon1, lat2, lon2) {
+    var r = Math.PI / 180, a = Math.sin((lat2 - lat1) * r / 2), b = Math.sin((lon2 - lon1) * r / 2);
+    return 2 * 6371008.8 * Math.asin(Math.sqrt(a * a + Math.cos(lat1 * r) * Math.cos(lat2 * r) * b * b));
+  }
+  function showPoints() {
+    $("#gps").textContent = gps ? gps.lat.toFixed(6) + ", " + gps.lon.toFixed(6) + " ±" + Math.round(gps.acc) + "m"
+      : T.no_gps;
+    var list = points.map(function (f) {
+      var c = f.geometry.coordinates;
+      return { p: f.properties, d: gps ? metres(gps.lat, gps.lon, c[1], c[0]) : null };
+    }).sort(function (a, b) { return (a.d === null ? 0 : a.d) - (b.d === null ? 0 : b.d); }).slice(0, 30);
+    $("#points").innerHTML = list.map(function (x) {
+      return '<li data-code="' + esc(x.p.code) + '"><span><b>' + esc(x.p.name) + "</b> " + esc(x.p.code) + "<br>" +
+        (x.d === null ? "" : esc(T.distance) + " " + Math.round(x.d) + "m · ") + esc(T.radius) + " " +
+        Math.round(x.p.radius_m) + "m</span><button>" + esc(T.checkin) + "</button></li>";
+    }).join("") || "<li>" + esc(T.points_empty) + "</li>";
+  }
+  function showCheckin(c) {
+    $("#result").innerHTML = "<p><b class=\"" + (c.accepted ? "ok" : "error") + "\">" +
+      esc(c.accepted ? T.checkin_ok : T.checkin_rejected) + "</b> " + esc(c.point_name) + " " + esc(c.point) + "</p>" +
+      "<p>" + esc(T.distance) + " " + Math.round(c.distance_m) + "m · " + esc(T.allowed) + " " + Math.round(c.allowed_m) +
+      "m</p>";
+  }
+  api("GET", "/api/patrol/points?limit=10000").then(function (r) {
+    if (r.status === 200) {
+      points = r.body.features;
+      try { localStorage.setItem("gisgrid-patrol-points", JSON.stringify(points)); } catch (e) { /* full */ }
+      showPoints();
+    }
+  }).catch(function () { points = JSON.parse(localStorage.getItem("gisgrid-patrol-points") || "[]"); showPoints(); });
+  if (navigator.geolocation) {
+    navigator.geolocation.watchPosition(function (pos) {
+      gps = { lat: pos.coords.latitude, lon: pos.coords.longitude, acc: pos.coords.accuracy };
+      showPoints();
+    }, function () { showPoints(); }, { enableHighAccuracy: true, maximumAge: 10000 });
+  }
+  $("#points").addEventListener("click", function (e) {
+    if (e.target.tagName !== "BUTTON") { return; }
+    if (!gps) { $("#result").textContent = T.no_gps; return; }
+    enqueue({ key: newKey(), made: new Date().toISOString(), url: CHECKINS,
+              body: { point: e.target.closest("li").getAttribute("data-code"), lon: gps.lon, lat: gps.lat,
+                      accuracy_m: gps.acc, at: new Date().toISOString() } });
   });
 
   // -- my queue -----------------------------------------------------------------------------
@@ -184,8 +237,7 @@
   document.querySelectorAll("nav button").forEach(function (b) {
     b.addEventListener("click", function () {
       document.querySelectorAll("nav button").forEach(function (x) { x.classList.toggle("on", x === b); });
-      $("#tab-report").hidden = b.dataset.tab !== "report";
-      $("#tab-queue").hidden = b.dataset.tab !== "queue";
+      ["report", "queue", "patrol"].forEach(function (t) { $("#tab-" + t).hidden = b.dataset.tab !== t; });
       if (b.dataset.tab === "queue") { loadQueue(); }
     });
   });
