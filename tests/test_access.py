@@ -38,9 +38,32 @@ def world(app):
         if s.execute(text("SELECT 1 FROM app_user WHERE username = 'outsider'")).scalar() is None:
             users.add(s, "outsider", "field", [far], "outsider-password")
             s.commit()
-    p = shape(__import__("json").loads(g["gj"])).representative_point()
+        p = shape(__import__("json").loads(g["gj"])).representative_point()
+        day = patrol_world(s, p)
     return {"grid": g["code"], "community": g["community_code"], "lon": p.x, "lat": p.y, "resident": resident,
-            "incident": incident.code, "photo": sha}
+            "incident": incident.code, "photo": sha, "day": day}
+
+
+def patrol_world(s, p) -> str:
+    """A patrol point in G (due every half hour), a route through it, a schedule, and a check-in
+    of gridworker two hours ago (so the point is overdue). Returns the check-in's local day."""
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from gisgrid.layers import patrol, writes
+
+    when = datetime.now(timezone.utc) - timedelta(hours=2)
+    if s.execute(text("SELECT 1 FROM patrol_point WHERE code = 'PPWORLD'")).scalar() is None:
+        writes.add(s, "patrol_point", [{"code": "PPWORLD", "name": "测试巡逻点", "visits_per_day": 48,
+                                        "geometry": p}], actor="test")
+        patrol.add_routes(s, [{"type": "Feature", "properties": {"code": "RTWORLD", "name": "测试路线",
+                                                                 "points": ["PPWORLD"]},
+                               "geometry": {"type": "LineString", "coordinates": [[p.x, p.y], [p.x + 0.0001, p.y]]}}],
+                          "test", ("TRUE", {}))
+        patrol.add_schedule(s, "test", ("TRUE", {}), ("TRUE", {}), point="PPWORLD", visits_per_day=48)
+        patrol.check_in(s, "gridworker", ("TRUE", {}), point="PPWORLD", lon=p.x, lat=p.y, at=when.isoformat())
+        s.commit()
+    return when.astimezone(ZoneInfo("Asia/Shanghai")).date().isoformat()
 
 
 def route_key(rule) -> str:
@@ -77,6 +100,26 @@ MATRIX = {
     "GET /open311/v2/requests/<service_request_id>.<fmt>": "o311_request",
     "POST /open311/v2/requests.<fmt>": "post",
     "GET,POST /open311/v2/<path:rest>": "public",        # a GeoReport 404 for anything else
+    "GET /api/patrol/points": "patrol_points",
+    "POST /api/patrol/points": "post",
+    "GET /api/patrol/points/<code>": "patrol_point",
+    "PATCH /api/patrol/points/<code>": "post",
+    "DELETE /api/patrol/points/<code>": "post",
+    "GET /api/patrol/routes": "patrol_routes",
+    "POST /api/patrol/routes": "post",
+    "PATCH /api/patrol/routes/<code>": "post",
+    "DELETE /api/patrol/routes/<code>": "post",
+    "GET /api/patrol/schedules": "patrol_schedules",
+    "POST /api/patrol/schedules": "post",
+    "DELETE /api/patrol/schedules/<int:sid>": "post",
+    "POST /api/patrol/checkins": "post",
+    "GET /api/patrol/checkins": "patrol_checkins",
+    "GET /api/patrol/trail": "patrol_trail",
+    "GET /api/patrol/coverage": "patrol_coverage",
+    "GET /api/patrol/uncovered": "patrol_uncovered",
+    "GET /api/patrol/compliance": "patrol_compliance",
+    "GET /api/patrol/overdue": "patrol_overdue",
+    "GET /api/patrol/stats": "patrol_stats",
 }
 
 
@@ -99,8 +142,8 @@ def test_a_view_without_access_rule_is_refused(demo_url, settings):
 def test_anonymous_gets_nothing(anonymous, world, route):
     method, rule = route.split(" ")
     url = url_for(MATRIX[route], world) if method == "GET" else rule.replace("<code>", world["incident"]).replace(
-        "<action>", "accept")
-    r = anonymous.get(url) if method == "GET" else anonymous.post(url, json={})
+        "<action>", "accept").replace("<int:sid>", "1")
+    r = anonymous.get(url) if method == "GET" else anonymous.open(url, method=method, json={})
     if url.startswith("/api/"):
         assert r.status_code == 401 and r.json["error"] == "Unauthenticated"
     elif url.startswith("/open311/"):                    # the GeoReport error format
@@ -119,7 +162,13 @@ def url_for(kind, w) -> str:
             "o311_services": "/open311/v2/services.json", "o311_service": "/open311/v2/services/noise.xml",
             "o311_requests": f"/open311/v2/requests.json?service_request_id={w['incident']}",
             "o311_request": f"/open311/v2/requests/{w['incident']}.xml",
-            "stats": "/api/stats?level=grid", "field": "/field"}[kind]
+            "stats": "/api/stats?level=grid", "field": "/field",
+            "patrol_points": "/api/patrol/points", "patrol_point": "/api/patrol/points/PPWORLD",
+            "patrol_routes": "/api/patrol/routes", "patrol_schedules": "/api/patrol/schedules",
+            "patrol_checkins": "/api/patrol/checkins", "patrol_trail": f"/api/patrol/trail?worker=gridworker&day={w['day']}",
+            "patrol_coverage": "/api/patrol/coverage?level=grid", "patrol_uncovered": "/api/patrol/uncovered?distance=20",
+            "patrol_compliance": "/api/patrol/compliance?by=point", "patrol_overdue": "/api/patrol/overdue",
+            "patrol_stats": "/api/patrol/stats?level=grid"}[kind]
 
 
 @pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post"}))
@@ -129,13 +178,15 @@ def test_insider_sees_it_outsider_does_not(app, world, kind):
     ri, ro = inside.get(url), outside.get(url)
     # the field page is a shell: its data come from the scoped API calls tested here too
     mark = {"areas": world["community"], "photo": None, "o311_services": None, "o311_service": None,
-            "field": None}.get(
+            "field": None, "patrol_schedules": "PPWORLD", "patrol_compliance": "PPWORLD"}.get(
         kind, world["grid"])
     assert ri.status_code == 200 and (mark is None or mark.encode() in ri.data)
     assert ro.status_code in (200, 403, 404)
     assert world["grid"].encode() not in ro.data and world["community"].encode() not in ro.data
-    if kind in ("locate", "resident", "incident", "photo", "o311_request"):
+    if kind in ("locate", "resident", "incident", "photo", "o311_request", "patrol_point"):
         assert ro.status_code == 404
+    if kind.startswith("patrol_") and kind != "patrol_point":
+        assert b"PPWORLD" not in ro.data
 
 
 def test_lists_hold_only_the_jurisdiction(app, world):

@@ -276,3 +276,98 @@ def test_schedule_input_is_checked(plans):
         assert e.value.field == field
     weekend = patrol.add_schedule(s, "test", ALL, ALL, point="P3", visits_per_day=4, weekdays="76")
     assert weekend["weekdays"] == "67"
+
+
+# -- API ------------------------------------------------------------------------------------------
+def call(client, method, url, body=None, headers=None):
+    """A session request that changes something: with the CSRF token, as the pages send it."""
+    import re
+
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', client.get("/login").data).group(1).decode()
+    return client.open(url, method=method.upper(), json=body, headers={"X-CSRFToken": token, **(headers or {})})
+
+
+def test_api_points_crud_import_export_and_checkin(app, client):
+    import io
+    import uuid
+
+    from openpyxl import load_workbook
+
+    from conftest import login_as
+
+    worker = login_as(app, "gridworker")
+    me = worker.get("/api/me").json
+    grid = me["jurisdiction"][0]
+    g = worker.get("/api/grids").json["features"][0]
+    lon, lat = np.mean(g["geometry"]["coordinates"][0][0], axis=0)
+    code = f"PPAPI{uuid.uuid4().hex[:6]}"
+    fc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
+         "properties": {"code": code, "name": "接口测试点", "kind": "duty_post", "radius_m": 40, "team": "巡防一队"}}]}
+    assert call(worker, "post", "/api/patrol/points", fc).status_code == 403          # field staff do not plan
+    bad = call(client, "post", "/api/patrol/points", {"type": "FeatureCollection", "features": [
+        {**fc["features"][0], "properties": {**fc["features"][0]["properties"], "radius_m": -5}}]})
+    assert bad.status_code == 400 and bad.json["field"] == "radius_m", bad.json
+    r = call(client, "post", "/api/patrol/points", fc)
+    assert r.status_code == 201 and r.json == {"codes": [code]}
+    try:
+        one = worker.get(f"/api/patrol/points/{code}").json
+        assert one["properties"]["grid_code"] == grid and one["properties"]["kind"] == "duty_post"
+        assert call(client, "patch", f"/api/patrol/points/{code}", {"radius_m": 60, "color": "red"}).status_code == 400
+        assert call(client, "patch", f"/api/patrol/points/{code}", {"radius_m": 60}).status_code == 200
+        assert worker.get(f"/api/patrol/points/{code}").json["properties"]["radius_m"] == 60
+        # a check-in through the API: 201, a resend with the same key 200 and the same answer
+        east, north, _ = GEOD.fwd(lon, lat, 90, 75)
+        body = {"point": code, "lon": east, "lat": north, "accuracy_m": 10}
+        key = {"Idempotency-Key": str(uuid.uuid4())}
+        first = call(worker, "post", "/api/patrol/checkins", body, key)
+        again = call(worker, "post", "/api/patrol/checkins", body, key)
+        assert first.status_code == 201 and again.status_code == 200 and again.json == first.json
+        assert first.json["accepted"] is False and first.json["allowed_m"] == 70 and first.json["status"] == "rejected"
+        assert call(worker, "post", "/api/patrol/checkins", {**body, "extra": 1}).status_code == 400
+        listed = worker.get(f"/api/patrol/checkins?point={code}").json
+        assert listed["total"] == 1 and listed["items"][0]["worker"] == "gridworker"
+        # exports: CSV with a byte-order mark and Chinese headers, XLSX readable; viewers may not export
+        csv = client.get("/api/patrol/points?format=csv")
+        assert csv.status_code == 200 and csv.data.startswith("\ufeff编码".encode()) and code.encode() in csv.data
+        wb = load_workbook(io.BytesIO(client.get("/api/patrol/coverage?level=community&format=xlsx").data))
+        assert wb.active["A1"].value == "区域编码" and wb.active.max_row >= 2
+        assert login_as(app, "viewer").get("/api/patrol/stats?format=csv").status_code == 403
+        stats = client.get("/api/patrol/compliance?by=day&format=csv&lang=en")
+        assert stats.data.startswith("\ufeffsubject".encode())
+    finally:
+        assert call(client, "delete", f"/api/patrol/points/{code}").status_code == 200
+    assert worker.get(f"/api/patrol/points/{code}").status_code == 404
+
+
+def test_api_planner_cannot_place_a_point_outside_the_jurisdiction(app):
+    from conftest import login_as
+
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        from gisgrid.layers import users
+        if s.execute(text("SELECT 1 FROM app_user WHERE username = 'gridplanner'")).scalar() is None:
+            first = s.execute(text("SELECT code FROM grid WHERE valid_to IS NULL ORDER BY code LIMIT 1")).scalar()
+            users.add(s, "gridplanner", "planner", [first], "gridplanner-password")
+            s.commit()
+    planner = login_as(app, "gridplanner")
+    far = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [114.2, 30.55]},
+           "properties": {"code": "PPFAR", "name": "辖区外"}}
+    r = call(planner, "post", "/api/patrol/points", far)
+    assert r.status_code == 403 and "outside your jurisdiction" in r.json["message"]
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        assert s.execute(text("SELECT count(*) FROM patrol_point WHERE code = 'PPFAR'")).scalar() == 0
+
+
+def test_api_coverage_and_uncovered_answer_for_the_caller(app):
+    from conftest import login_as
+
+    worker = login_as(app, "gridworker")
+    cov = worker.get("/api/patrol/coverage?level=grid&distance=300").json
+    assert len(cov["areas"]) == 1 and cov["areas"][0]["buildings"] > 0
+    net = worker.get("/api/patrol/coverage?level=grid&distance=300&method=network")
+    assert net.status_code == 200                                     # the demo has roads
+    assert net.json["areas"][0]["buildings_covered"] <= cov["areas"][0]["buildings_covered"]
+    assert worker.get("/api/patrol/coverage?distance=-1").json["field"] == "distance"
+    assert worker.get("/api/patrol/uncovered?area=12").json["field"] == "area"
+    fc = worker.get("/api/patrol/uncovered?distance=100").json
+    assert all(f["properties"]["code"] == cov["areas"][0]["code"] for f in fc["features"])
