@@ -327,6 +327,12 @@ def test_api_points_crud_import_export_and_checkin(app, client):
         assert call(worker, "post", "/api/patrol/checkins", {**body, "extra": 1}).status_code == 400
         listed = worker.get(f"/api/patrol/checkins?point={code}").json
         assert listed["total"] == 1 and listed["items"][0]["worker"] == "gridworker"
+        today = datetime.now(SHANGHAI).date().isoformat()
+        page = worker.get(f"/?trail=gridworker&day={today}").get_data(as_text=True)
+        import json
+        names = json.dumps([f"巡逻轨迹 gridworker {today}", "巡逻盲区（300米外）"])[1:-1].split(", ")
+        assert all(n.strip('"') in page or n in page for n in names) and code in page, names
+        assert worker.get("/?trail=gridworker&day=yesterday").status_code == 400
         # exports: CSV with a byte-order mark and Chinese headers, XLSX readable; viewers may not export
         csv = client.get("/api/patrol/points?format=csv")
         assert csv.status_code == 200 and csv.data.startswith("\ufeff编码".encode()) and code.encode() in csv.data

@@ -114,6 +114,7 @@ def one_map():
     # folium's default callback needs Leaflet.awesome-markers; a plain dot needs nothing.
     plugins.FastMarkerCluster([[p["lat"], p["lon"]] for p in all_pts], name=t("all_incidents"), show=False,
                               callback=DOT_MARKER).add_to(m)
+    _patrol_layers(m, s, who, n_grids)
     folium.LayerControl(collapsed=False).add_to(m)
 
     bounds = _bounds(grid_feats or communities)
@@ -126,6 +127,48 @@ def one_map():
     _bar(m, t("title", district=district.name), note, who)
     _legend(m, t("legend"))
     return _html(m)
+
+
+UNCOVERED_METRES = 300
+
+
+def _patrol_layers(m, s, who, n_grids: int) -> None:
+    """Patrol points and duty posts, the areas no patrol point reaches (straight line), and with
+    ``?trail=<worker>&day=YYYY-MM-DD`` that worker's check-ins of the day joined in time order."""
+    from datetime import date
+
+    from flask import request
+
+    from gisgrid.errors import InvalidInput
+    from gisgrid.layers import patrol, patrol_coverage
+
+    t = i18n.t
+    scope = authz.scope_sql(who, "p")
+    points = folium.FeatureGroup(name=t("patrol_points"), show=False)
+    for f in patrol.point_features(s, scope, limit=PAGE_GRID_LIMIT)["features"]:
+        lon, lat = f["geometry"]["coordinates"]
+        pr = f["properties"]
+        folium.CircleMarker([lat, lon], radius=6, color="#54278f" if pr["kind"] == "duty_post" else "#238b45",
+                            fill=True, fill_opacity=0.8, weight=1,
+                            tooltip=f'{pr["name"]} · {pr["code"]} · {patrol.KINDS[pr["kind"]]}').add_to(points)
+    points.add_to(m)
+    if n_grids <= PAGE_GRID_LIMIT:
+        fc = patrol_coverage.uncovered(s, authz.scope_sql(who, "g", grid_col="code"), distance_m=UNCOVERED_METRES,
+                                       limit=PAGE_GRID_LIMIT)
+        folium.GeoJson(fc, name=t("uncovered", d=UNCOVERED_METRES), show=False,
+                       style_function=lambda f: {"color": "#a50f15", "weight": 0.5, "fillColor": "#de2d26",
+                                                 "fillOpacity": 0.35}).add_to(m)
+    worker, day = request.args.get("trail"), request.args.get("day")
+    if worker and day:
+        try:
+            when = date.fromisoformat(day)
+        except ValueError:
+            raise InvalidInput(f"day must be a date YYYY-MM-DD, got {day!r}", field="day") from None
+        trail = patrol.trail(s, scope, worker, when)
+        if trail["features"]:
+            folium.GeoJson(trail, name=t("trail", worker=worker, day=day),
+                           style_function=lambda f: {"color": "#e6550d", "weight": 4},
+                           marker=folium.CircleMarker(radius=5, fill=True, fill_opacity=1, color="#e6550d")).add_to(m)
 
 
 def _bounds(features):
