@@ -278,6 +278,104 @@ def import_osm(path):
         click.echo(f"{t}: {n:,}")
 
 
+@main.group()
+def patrol():
+    """Patrol points and routes: import, export, coverage."""
+
+
+PATROL_LAYERS = ("points", "routes")
+
+
+@patrol.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--layer", type=click.Choice(PATROL_LAYERS), default="points", show_default=True)
+@click.option("--crs", help="CRS of the file when it declares none (default EPSG:4326)")
+def patrol_import(path, layer, crs):
+    """Import patrol points or routes from any file GDAL reads (GeoJSON, GeoPackage, Shapefile…),
+    all or nothing. Properties: code, name, team (points also kind, radius_m, visits_per_day;
+    routes also points = comma-separated point codes)."""
+    import json
+
+    import geopandas as gpd
+
+    from gisgrid.errors import InvalidInput
+    from gisgrid.layers import patrol as layer_mod
+
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as e:       # pyogrio/GDAL: any unreadable file is the caller's input
+        raise InvalidInput(f"cannot read {path}: {e}", field="path") from None
+    src = crs or (gdf.crs.to_string() if gdf.crs is not None else "EPSG:4326")
+    fc = json.loads(gdf.to_json(na="drop", to_wgs84=False))
+    for f in fc["features"]:
+        f.pop("id", None)
+        pts = f["properties"].get("points")
+        if layer == "routes" and isinstance(pts, str):
+            f["properties"]["points"] = [c.strip() for c in pts.split(",") if c.strip()]
+        for k in ("visits_per_day",):
+            if isinstance(f["properties"].get(k), float) and f["properties"][k].is_integer():
+                f["properties"][k] = int(f["properties"][k])
+    with _session() as (engine, Session):
+        with Session.begin() as s:
+            if layer == "points":
+                codes = layer_mod.add_points(s, fc["features"], _actor(), crs=src)
+            else:
+                codes = layer_mod.add_routes(s, fc["features"], _actor(), ("TRUE", {}), crs=src)
+    click.echo(f"patrol {layer}: {len(codes):,} imported")
+
+
+@patrol.command("export")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--layer", type=click.Choice(PATROL_LAYERS), default="points", show_default=True)
+def patrol_export(path, layer):
+    """Write patrol points or routes to a file; the driver follows the suffix (.geojson, .gpkg,
+    .shp, .csv with lon/lat columns)."""
+    from pathlib import Path
+
+    import geopandas as gpd
+
+    from gisgrid.errors import InvalidInput
+    from gisgrid.layers import patrol as layer_mod
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".geojson", ".json", ".gpkg", ".shp", ".csv"):
+        raise InvalidInput(f"unknown file type {suffix!r}; use .geojson, .gpkg, .shp or .csv", field="path")
+    with _session() as (engine, Session):
+        with Session() as s:
+            read = layer_mod.point_features if layer == "points" else layer_mod.route_features
+            fc = read(s, ("TRUE", {}), limit=10_000_000)
+    for f in fc["features"]:
+        if isinstance(f["properties"].get("points"), list):
+            f["properties"]["points"] = ",".join(f["properties"]["points"])
+    gdf = gpd.GeoDataFrame.from_features(fc["features"], crs="EPSG:4326")
+    if suffix == ".csv":
+        gdf = gdf.assign(lon=gdf.geometry.x, lat=gdf.geometry.y).drop(columns="geometry") if layer == "points" \
+            else gdf.assign(wkt=gdf.geometry.to_wkt()).drop(columns="geometry")
+        gdf.to_csv(path, index=False, encoding="utf-8-sig")
+    else:
+        gdf.to_file(path)
+    click.echo(f"patrol {layer}: {len(gdf):,} written to {path}")
+
+
+@patrol.command("coverage")
+@click.option("--level", type=click.Choice(["grid", "community", "street", "district"]), default="community",
+              show_default=True)
+@click.option("--distance", type=float, default=300, show_default=True, help="metres")
+@click.option("--method", type=click.Choice(["straight", "network"]), default="straight", show_default=True)
+def patrol_coverage_cmd(level, distance, method):
+    """Coverage per area as tab-separated lines: code, buildings, covered, households, covered."""
+    from gisgrid.layers import patrol_coverage
+
+    with _session() as (engine, Session):
+        with Session() as s:
+            rows = patrol_coverage.coverage(s, ("TRUE", {}), ("TRUE", {}), ("TRUE", {}), level=level,
+                                            distance_m=distance, method=method, metric_crs=_settings().metric_crs)
+    click.echo("code\tname\tpoints\tbuildings\tbuildings_covered\thouseholds\thouseholds_covered")
+    for r in rows:
+        click.echo(f"{r['code']}\t{r['name'] or ''}\t{r['points']}\t{r['buildings']}\t{r['buildings_covered']}\t"
+                   f"{r['households']}\t{r['households_covered']}")
+
+
 def _serve(settings):
     from waitress import serve as waitress_serve
 

@@ -64,3 +64,35 @@ def test_import_osm_kotka(db_url):
 def test_bad_cli_input_is_a_message_not_a_traceback(demo_url, args, message):
     r = run(demo_url, *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_patrol_export_import_round_trip_and_refusals(demo_url, db_url, tmp_path):
+    import json
+
+    import geopandas as gpd
+
+    out = tmp_path / "points.geojson"
+    r = run(demo_url, "patrol", "export", str(out))
+    assert r.returncode == 0, r.stderr
+    exported = gpd.read_file(out)
+    assert len(exported) >= 60 and {"code", "name", "radius_m", "grid_code"} <= set(exported.columns)
+    # into a fresh, empty database (no grids: the points arrive unlinked, nothing is dropped)
+    url = create_database(db_url, "gisgrid_patrol_cli")
+    assert run(url, "db", "upgrade").returncode == 0
+    fresh = exported[["code", "name", "kind", "radius_m", "visits_per_day", "team", "geometry"]]
+    fresh.to_file(tmp_path / "in.gpkg")
+    r = run(url, "patrol", "import", str(tmp_path / "in.gpkg"))
+    assert r.returncode == 0, r.stderr
+    assert f"{len(exported):,} imported" in r.stdout
+    again = run(url, "patrol", "import", str(tmp_path / "in.gpkg"))          # same codes: refused whole
+    assert again.returncode == 2 and "Traceback" not in again.stderr and "code" in again.stderr
+    (tmp_path / "bad.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [114.2, 30.6]},
+         "properties": {"code": "X1", "name": "x", "radius_m": -3}}]}))
+    bad = run(url, "patrol", "import", str(tmp_path / "bad.geojson"))
+    assert bad.returncode == 2 and "radius_m" in bad.stderr
+    csv = tmp_path / "points.csv"
+    assert run(demo_url, "patrol", "export", str(csv)).returncode == 0
+    assert csv.read_bytes().startswith(b"\xef\xbb\xbf") and b"lon" in csv.read_bytes().splitlines()[0]
+    cov = run(demo_url, "patrol", "coverage", "--level", "street")
+    assert cov.returncode == 0 and len(cov.stdout.splitlines()) == 1 + 4

@@ -118,20 +118,6 @@ def point_import():
     ---
     post:
       summary: Add or import patrol points (新增/导入巡逻点)
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {type: object, required: [type]}
-      responses:
-        201:
-          description: the codes added
-          content: {application/json: {schema: {type: object, required: [codes], properties: {codes: {type: array, items: {type: string}}}}}}
-        400: {$ref: '#/components/responses/BadRequest'}
-        401: {$ref: '#/components/responses/Unauthenticated'}
-        403: {$ref: '#/components/responses/Forbidden'}
-        409: {$ref: '#/components/responses/Conflict'}
-        422: {$ref: '#/components/responses/Unprocessable'}
     """
     s = db()
     codes = patrol.add_points(s, _features(request.get_json(silent=True)), principal().username,
@@ -163,6 +149,22 @@ def point_detail(code):
     return jsonify(feat)
 
 
+IMPORT_DOC = """
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {type: object, required: [type]}
+      responses:
+        201:
+          description: the codes added
+          content: {application/json: {schema: {type: object, required: [codes], properties: {codes: {type: array, items: {type: string}}}}}}
+        400: {$ref: '#/components/responses/BadRequest'}
+        401: {$ref: '#/components/responses/Unauthenticated'}
+        403: {$ref: '#/components/responses/Forbidden'}
+        409: {$ref: '#/components/responses/Conflict'}
+        422: {$ref: '#/components/responses/Unprocessable'}
+"""
 PATCH_DOC = """
       requestBody:
         required: true
@@ -257,20 +259,6 @@ def route_import():
     ---
     post:
       summary: Add or import patrol routes (新增/导入巡逻路线)
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {type: object, required: [type]}
-      responses:
-        201:
-          description: the codes added
-          content: {application/json: {schema: {type: object, required: [codes], properties: {codes: {type: array, items: {type: string}}}}}}
-        400: {$ref: '#/components/responses/BadRequest'}
-        401: {$ref: '#/components/responses/Unauthenticated'}
-        403: {$ref: '#/components/responses/Forbidden'}
-        409: {$ref: '#/components/responses/Conflict'}
-        422: {$ref: '#/components/responses/Unprocessable'}
     """
     s = db()
     codes = patrol.add_routes(s, _features(request.get_json(silent=True)), principal().username, _scopes()[0],
@@ -311,6 +299,8 @@ def route_delete(code):
     return _delete("route", code)
 
 
+point_import.__doc__ += IMPORT_DOC
+route_import.__doc__ += IMPORT_DOC
 point_update.__doc__ += PATCH_DOC
 route_update.__doc__ += PATCH_DOC
 
