@@ -263,6 +263,22 @@ def test_statistics_per_grid(plans):
     assert rows[COMMUNITY + "002"]["planned"] == 1 and rows[COMMUNITY + "002"]["acceptance_rate"] is None
 
 
+def test_route_update_and_delete_are_audited(plans):
+    s, d = plans
+    patrol.update(s, "route", "R", {"points": ["P2", "P3", "P1"], "name": "改线"}, "test", ALL, point_scope=ALL)
+    fc = patrol.route_features(s, ALL)
+    assert fc["features"][0]["properties"]["points"] == ["P2", "P3", "P1"]
+    with pytest.raises(Exception, match="no patrol point 'NOPE'"):
+        patrol.update(s, "route", "R", {"points": ["NOPE"]}, "test", ALL, point_scope=ALL)
+    patrol.update(s, "point", "P3", {"geometry": {"type": "Point", "coordinates": [114.005, 30.005]}}, "test", ALL)
+    assert s.execute(text("SELECT grid_code FROM patrol_point WHERE code = 'P3'")).scalar() == COMMUNITY + "001"
+    patrol.delete(s, "point", "P1", "test", ALL)
+    assert s.execute(text("SELECT count(*) FROM patrol_checkin")).scalar() == 1      # P1's went with it
+    acts = [r[0] for r in s.execute(text("SELECT action FROM audit_log WHERE entity IN ('patrol_point', "
+                                         "'patrol_route') AND actor = 'test' ORDER BY id DESC LIMIT 3"))]
+    assert acts == ["delete", "update", "update"]
+
+
 def test_schedule_input_is_checked(plans):
     s, _ = plans
     for kw, field in (({"point": "P1", "route": "R", "visits_per_day": 1}, "point"),

@@ -305,13 +305,12 @@ def _record_from_feature(f, allowed: set[str], label: str) -> dict:
 
 
 def update(session: Session, kind: str, code: str, changes: dict, actor: str, scope: tuple[str, dict], *,
-           crs: str = "EPSG:4326") -> None:
-    """Change a point's or route's fields (and geometry, then re-linked), audited with before/after."""
+           crs: str = "EPSG:4326", point_scope: tuple[str, dict] | None = None) -> None:
+    """Change a point's or route's fields (and geometry, then re-linked), audited with before/after.
+    ``scope`` filters the record's own table (alias ``p`` for points, ``r`` for routes); a route's
+    new ``points`` must lie inside ``point_scope`` (alias ``p``)."""
     import json
 
-    from geoalchemy2.shape import from_shape
-
-    from gisgrid.db.base import SRID
     from gisgrid.layers import audit, linking
     from gisgrid.spatial import crs as crs_mod
     from gisgrid.spatial.geometry import check, from_geojson
@@ -339,8 +338,8 @@ def update(session: Session, kind: str, code: str, changes: dict, actor: str, sc
     if geom is not None:
         g = check(crs_mod.to_storage(from_geojson(geom) if isinstance(geom, dict) else geom, crs),
                   ("Point",) if kind == "point" else ("LineString", "MultiLineString"))
-        sets.append("geom = ST_GeomFromEWKB(:geom)")
-        params["geom"] = from_shape(g, srid=SRID).desc
+        sets.append("geom = ST_SetSRID(ST_GeomFromWKB(:geom), 4326)")
+        params["geom"] = g.wkb
     if sets:
         session.execute(text(f"UPDATE {table} SET {', '.join(sets)} WHERE id = :i"), params)
     if geom is not None:
@@ -348,7 +347,7 @@ def update(session: Session, kind: str, code: str, changes: dict, actor: str, sc
     if pts is not None:
         if not isinstance(pts, list) or not all(isinstance(c, str) for c in pts):
             raise InvalidInput("points must be a list of patrol point codes", field="points")
-        _set_route_points(session, rid, pts, scope if kind == "route" else scope)
+        _set_route_points(session, rid, pts, point_scope or ("FALSE", {}))
     after = {**{k: v for k, v in changes.items()}, **({"geometry": json.loads(json.dumps(geom))} if geom else {}),
              **({"points": pts} if pts is not None else {})}
     audit.record(session, actor, "update", table, rid, before=before, after=after)

@@ -186,7 +186,7 @@ def _patch(kind: str, code: str):
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object of the fields to change", field="body")
-    patrol.update(s, kind, code, body, principal().username, sp if kind == "point" else sr)
+    patrol.update(s, kind, code, body, principal().username, sp if kind == "point" else sr, point_scope=sp)
     _must_be_inside(kind, [code])
     s.commit()
     return jsonify({"code": code, "changed": sorted(body)})
