@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from gisgrid import authz, workflow
 from gisgrid.errors import InvalidInput, NotFound
 from gisgrid.layers import incidents, photos
-from gisgrid.web import db
+from gisgrid.web import db, openapi
 from gisgrid.web.auth import check_pagination, limiter, needs, principal
 
 bp = Blueprint("incidents", __name__, url_prefix="/api")
@@ -353,18 +353,6 @@ def stats():
         - {name: since, in: query, schema: {type: string, format: date}}
         - {name: until, in: query, schema: {type: string, format: date}}
         - {name: by_category, in: query, schema: {type: string, enum: ["0", "1"]}}
-        - {name: format, in: query, schema: {type: string, enum: [json, csv, xlsx], default: json}}
-        - {name: lang, in: query, schema: {type: string, enum: [zh, en], default: zh}}
-      responses:
-        200:
-          description: one row per area (and category)
-          content:
-            application/json: {schema: {type: array, items: {type: object}}}
-            text/csv: {schema: {type: string}}
-            application/vnd.openxmlformats-officedocument.spreadsheetml.sheet: {schema: {type: string, format: binary}}
-        400: {$ref: '#/components/responses/BadRequest'}
-        401: {$ref: '#/components/responses/Unauthenticated'}
-        403: {$ref: '#/components/responses/Forbidden'}
     """
     a = request.args
     fmt = a.get("format", "json")
@@ -378,6 +366,9 @@ def stats():
         return jsonify(rows)
     authz.require(p, "export")
     return download(rows, incidents.STAT_COLUMNS, f"gisgrid-stats-{a.get('level', 'community')}", fmt)
+
+
+stats.__doc__ += openapi.TABLE_GET
 
 
 def download(rows: list[dict], columns: dict, name: str, fmt: str) -> Response:

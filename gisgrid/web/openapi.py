@@ -46,6 +46,22 @@ CHECKIN = {"type": "object", "required": ["point", "worker", "at", "distance_m",
                "allowed_m": {"type": "number"}, "accepted": {"type": "boolean"},
                "status": {"type": "string", "enum": ["accepted", "rejected"]},
                "lon": {"type": "number"}, "lat": {"type": "number"}, "grid_code": {"type": "string", "nullable": True}}}
+#: the tail of a docstring for a GET that answers with rows as JSON, CSV or XLSX (``format``):
+#: its last parameters and its responses
+TABLE_GET = """
+        - {name: format, in: query, schema: {type: string, enum: [json, csv, xlsx], default: json}}
+        - {name: lang, in: query, schema: {type: string, enum: [zh, en], default: zh}}
+      responses:
+        200:
+          description: one row per area or subject
+          content:
+            application/json: {schema: {type: array, items: {type: object}}}
+            text/csv: {schema: {type: string}}
+            application/vnd.openxmlformats-officedocument.spreadsheetml.sheet: {schema: {type: string, format: binary}}
+        400: {$ref: '#/components/responses/BadRequest'}
+        401: {$ref: '#/components/responses/Unauthenticated'}
+        403: {$ref: '#/components/responses/Forbidden'}
+"""
 GRID_REF = {"type": "object", "nullable": True, "properties": {
     "id": {"type": "integer"}, "code": {"type": "string"},
     **{k: {"type": "string"} for k in ("community_code", "street_code", "district_code")}}}

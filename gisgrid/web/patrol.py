@@ -12,7 +12,7 @@ from sqlalchemy import text
 from gisgrid import authz
 from gisgrid.errors import InvalidInput
 from gisgrid.layers import patrol, patrol_coverage
-from gisgrid.web import db, settings
+from gisgrid.web import db, openapi, settings
 from gisgrid.web.auth import check_pagination, limiter, needs, principal
 from gisgrid.web.incidents import _caller_key, _json_body, _report_limit, download
 
@@ -165,6 +165,15 @@ IMPORT_DOC = """
         409: {$ref: '#/components/responses/Conflict'}
         422: {$ref: '#/components/responses/Unprocessable'}
 """
+DELETE_DOC = """
+      parameters:
+        - {name: code, in: path, required: true, schema: {type: string}}
+      responses:
+        200: {description: deleted, content: {application/json: {schema: {type: object}}}}
+        401: {$ref: '#/components/responses/Unauthenticated'}
+        403: {$ref: '#/components/responses/Forbidden'}
+        404: {$ref: '#/components/responses/NotFound'}
+"""
 PATCH_DOC = """
       requestBody:
         required: true
@@ -220,13 +229,6 @@ def point_delete(code):
     ---
     delete:
       summary: Delete a patrol point (删除巡逻点)
-      parameters:
-        - {name: code, in: path, required: true, schema: {type: string}}
-      responses:
-        200: {description: deleted, content: {application/json: {schema: {type: object}}}}
-        401: {$ref: '#/components/responses/Unauthenticated'}
-        403: {$ref: '#/components/responses/Forbidden'}
-        404: {$ref: '#/components/responses/NotFound'}
     """
     return _delete("point", code)
 
@@ -288,19 +290,14 @@ def route_delete(code):
     ---
     delete:
       summary: Delete a patrol route (删除巡逻路线)
-      parameters:
-        - {name: code, in: path, required: true, schema: {type: string}}
-      responses:
-        200: {description: deleted, content: {application/json: {schema: {type: object}}}}
-        401: {$ref: '#/components/responses/Unauthenticated'}
-        403: {$ref: '#/components/responses/Forbidden'}
-        404: {$ref: '#/components/responses/NotFound'}
     """
     return _delete("route", code)
 
 
 point_import.__doc__ += IMPORT_DOC
 route_import.__doc__ += IMPORT_DOC
+point_delete.__doc__ += DELETE_DOC
+route_delete.__doc__ += DELETE_DOC
 point_update.__doc__ += PATCH_DOC
 route_update.__doc__ += PATCH_DOC
 
@@ -595,18 +592,6 @@ def compliance():
         - {name: since, in: query, schema: {type: string, format: date}}
         - {name: until, in: query, schema: {type: string, format: date}}
         - {name: per_day, in: query, schema: {type: string, enum: ["0", "1"]}}
-        - {name: format, in: query, schema: {type: string, enum: [json, csv, xlsx], default: json}}
-        - {name: lang, in: query, schema: {type: string, enum: [zh, en], default: zh}}
-      responses:
-        200:
-          description: one row per subject (and day)
-          content:
-            application/json: {schema: {type: array, items: {type: object}}}
-            text/csv: {schema: {type: string}}
-            application/vnd.openxmlformats-officedocument.spreadsheetml.sheet: {schema: {type: string, format: binary}}
-        400: {$ref: '#/components/responses/BadRequest'}
-        401: {$ref: '#/components/responses/Unauthenticated'}
-        403: {$ref: '#/components/responses/Forbidden'}
     """
     fmt = _format()
     since, until = _range()
@@ -643,18 +628,6 @@ def stats():
         - {name: level, in: query, schema: {type: string, enum: [grid, community, street, district], default: community}}
         - {name: since, in: query, schema: {type: string, format: date}}
         - {name: until, in: query, schema: {type: string, format: date}}
-        - {name: format, in: query, schema: {type: string, enum: [json, csv, xlsx], default: json}}
-        - {name: lang, in: query, schema: {type: string, enum: [zh, en], default: zh}}
-      responses:
-        200:
-          description: one row per area
-          content:
-            application/json: {schema: {type: array, items: {type: object}}}
-            text/csv: {schema: {type: string}}
-            application/vnd.openxmlformats-officedocument.spreadsheetml.sheet: {schema: {type: string, format: binary}}
-        400: {$ref: '#/components/responses/BadRequest'}
-        401: {$ref: '#/components/responses/Unauthenticated'}
-        403: {$ref: '#/components/responses/Forbidden'}
     """
     fmt = _format()
     since, until = _range()
@@ -663,3 +636,7 @@ def stats():
     if fmt != "json":
         return download(rows, patrol.STAT_COLUMNS, f"gisgrid-patrol-stats-{level}", fmt)
     return jsonify(rows)
+
+
+compliance.__doc__ += openapi.TABLE_GET
+stats.__doc__ += openapi.TABLE_GET
