@@ -35,15 +35,15 @@ BOX_DEG = ("(:d / (111000.0 * cos(radians(least((SELECT max(abs(ST_Y(geom))) FRO
 PLAIN_INDEXED = f"""
     SELECT b.grid_code, count(*) AS buildings, count(*) FILTER (WHERE c) AS covered,
            sum(b.households) AS households, sum(b.households) FILTER (WHERE c) AS households_covered
-    FROM (SELECT b.grid_code, b.households, EXISTS (
+    FROM (SELECT l.grid_code, b.households, EXISTS (
               SELECT 1 FROM patrol_point p WHERE ST_DWithin(p.geom, b.anchor, {BOX_DEG})
               AND ST_DWithin(p.geom::geography, b.anchor::geography, :d)) AS c
-          FROM building b WHERE b.grid_code IS NOT NULL) b
+          FROM building b JOIN building_link l ON l.id = b.id WHERE l.grid_code IS NOT NULL) b
     GROUP BY b.grid_code"""
 PLAIN_GEOGRAPHY = """
     SELECT count(*) FILTER (WHERE c) FROM (SELECT EXISTS (
         SELECT 1 FROM patrol_point p WHERE ST_DWithin(p.geom::geography, b.anchor::geography, :d)) AS c
-    FROM building b WHERE b.grid_code IS NOT NULL AND b.id % 100 = 0) b"""
+    FROM building b JOIN building_link l ON l.id = b.id WHERE l.grid_code IS NOT NULL AND b.id % 100 = 0) b"""
 
 
 def log(*a):

@@ -114,7 +114,7 @@ def test_checkin_is_idempotent_and_checks_its_input(two_grids):
     with pytest.raises(NotFound, match="no patrol point 'NOPE'"):
         patrol.check_in(s, "w1", ALL, point="NOPE", lon=114.005, lat=30.005)
     with pytest.raises(NotFound):          # a point outside the worker's jurisdiction is not revealed
-        patrol.check_in(s, "w1", ("p.grid_code = :g", {"g": "elsewhere"}), point="PP1", lon=114.005, lat=30.005)
+        patrol.check_in(s, "w1", ("pl.grid_code = :g", {"g": "elsewhere"}), point="PP1", lon=114.005, lat=30.005)
     future = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
     with pytest.raises(InvalidInput, match="in the future") as e:
         patrol.check_in(s, "w1", ALL, point="PP1", lon=114.005, lat=30.005, at=future)
@@ -271,7 +271,8 @@ def test_route_update_and_delete_are_audited(plans):
     with pytest.raises(Exception, match="no patrol point 'NOPE'"):
         patrol.update(s, "route", "R", {"points": ["NOPE"]}, "test", ALL, point_scope=ALL)
     patrol.update(s, "point", "P3", {"geometry": {"type": "Point", "coordinates": [114.005, 30.005]}}, "test", ALL)
-    assert s.execute(text("SELECT grid_code FROM patrol_point WHERE code = 'P3'")).scalar() == COMMUNITY + "001"
+    assert s.execute(text("SELECT l.grid_code FROM patrol_point p JOIN patrol_point_link l ON l.id = p.id "
+                          "WHERE p.code = 'P3'")).scalar() == COMMUNITY + "001"
     patrol.delete(s, "point", "P1", "test", ALL)
     assert s.execute(text("SELECT count(*) FROM patrol_checkin")).scalar() == 1      # P1's went with it
     acts = [r[0] for r in s.execute(text("SELECT action FROM audit_log WHERE entity IN ('patrol_point', "

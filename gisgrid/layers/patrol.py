@@ -32,14 +32,14 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gisgrid.db.base import Base
 from gisgrid.errors import InvalidInput, NotFound, UnknownReference
-from gisgrid.layers._columns import Linked, geom_type, gist, types, valid
+from gisgrid.layers._columns import geom_type, gist, types, valid
 
 KINDS = {"patrol_point": "巡逻点", "duty_post": "执勤点"}
 #: the day of a check-in is its local day in the district's time zone
 LOCAL_TZ = "Asia/Shanghai"
 
 
-class PatrolPoint(Linked, Base):
+class PatrolPoint(Base):
     __tablename__ = "patrol_point"
     __table_args__ = (
         CheckConstraint("kind IN ('patrol_point', 'duty_post')", name="kind"),
@@ -57,7 +57,7 @@ class PatrolPoint(Linked, Base):
     geom = mapped_column(geom_type("POINT"), nullable=False)
 
 
-class PatrolRoute(Linked, Base):
+class PatrolRoute(Base):
     __tablename__ = "patrol_route"
     __table_args__ = (valid(), types("geom", "LineString", "MultiLineString"), gist("patrol_route"),
                       gist("patrol_route", "anchor"))
@@ -130,11 +130,13 @@ class PatrolCheckin(Base):
 
 
 # -- reads of the link columns ------------------------------------------------------------------
-# Check-ins, schedules and route points carry no links of their own: they are inside a
-# jurisdiction when their patrol point is. Every read of link columns goes through these.
-POINT_FROM = "patrol_point p"
-ROUTE_FROM = "patrol_route r"
-CHECKIN_FROM = "patrol_checkin c JOIN patrol_point p ON p.id = c.point_id"
+# Points and routes are linked in patrol_point_link / patrol_route_link (aliases ``pl``, ``rl``:
+# scopes are built with those aliases). Check-ins, schedules and route points carry no links of
+# their own: they are inside a jurisdiction when their patrol point is. Every read of link
+# columns goes through these.
+POINT_FROM = "patrol_point p LEFT JOIN patrol_point_link pl ON pl.id = p.id"
+ROUTE_FROM = "patrol_route r LEFT JOIN patrol_route_link rl ON rl.id = r.id"
+CHECKIN_FROM = f"patrol_checkin c JOIN {POINT_FROM} ON p.id = c.point_id"
 
 
 def _jsonable(row) -> dict:
@@ -168,13 +170,13 @@ def _number(name: str, value, lo: float, hi: float) -> float | None:
 
 
 # -- points and routes --------------------------------------------------------------------------
-_POINT_COLS = ("p.code, p.name, p.kind, p.radius_m, p.visits_per_day, p.team, p.grid_code, p.community_code, "
-               "p.street_code, p.district_code")
-_ROUTE_COLS = "r.code, r.name, r.team, r.grid_code, r.community_code, r.street_code, r.district_code"
+_POINT_COLS = ("p.code, p.name, p.kind, p.radius_m, p.visits_per_day, p.team, pl.grid_code, pl.community_code, "
+               "pl.street_code, pl.district_code")
+_ROUTE_COLS = "r.code, r.name, r.team, rl.grid_code, rl.community_code, rl.street_code, rl.district_code"
 
 
 def point_features(session: Session, scope: tuple[str, dict], *, limit: int = 10_000, offset: int = 0) -> dict:
-    """Patrol points inside ``scope`` (alias ``p``) as a GeoJSON FeatureCollection, by code,
+    """Patrol points inside ``scope`` (link alias ``pl``) as a GeoJSON FeatureCollection, by code,
     with ``total`` (before paging)."""
     import json
 
@@ -188,7 +190,7 @@ def point_features(session: Session, scope: tuple[str, dict], *, limit: int = 10
 
 
 def route_features(session: Session, scope: tuple[str, dict], *, limit: int = 1000, offset: int = 0) -> dict:
-    """Patrol routes inside ``scope`` (alias ``r``) with the codes of the points they pass."""
+    """Patrol routes inside ``scope`` (link alias ``rl``) with the codes of the points they pass."""
     import json
 
     total = session.execute(text(f"SELECT count(*) FROM {ROUTE_FROM} WHERE {scope[0]}"), scope[1]).scalar()
@@ -204,8 +206,8 @@ def route_features(session: Session, scope: tuple[str, dict], *, limit: int = 10
 
 
 def _one(session: Session, kind: str, code: str, scope: tuple[str, dict]) -> int:
-    table, alias = ("patrol_point", "p") if kind == "point" else ("patrol_route", "r")
-    found = session.execute(text(f"SELECT {alias}.id FROM {table} {alias} WHERE {alias}.code = :c AND {scope[0]}"),
+    source, alias = (POINT_FROM, "p") if kind == "point" else (ROUTE_FROM, "r")
+    found = session.execute(text(f"SELECT {alias}.id FROM {source} WHERE {alias}.code = :c AND {scope[0]}"),
                             {"c": code, **scope[1]}).scalar()
     if found is None:
         raise NotFound(f"no patrol {kind} {code!r} in your jurisdiction", field="code")
@@ -213,12 +215,12 @@ def _one(session: Session, kind: str, code: str, scope: tuple[str, dict]) -> int
 
 
 def point_id(session: Session, code: str, scope: tuple[str, dict]) -> int:
-    """The id of patrol point ``code`` inside ``scope`` (alias ``p``); NotFound otherwise."""
+    """The id of patrol point ``code`` inside ``scope`` (link alias ``pl``); NotFound otherwise."""
     return _one(session, "point", code, scope)
 
 
 def route_id(session: Session, code: str, scope: tuple[str, dict]) -> int:
-    """The id of patrol route ``code`` inside ``scope`` (alias ``r``); NotFound otherwise."""
+    """The id of patrol route ``code`` inside ``scope`` (link alias ``rl``); NotFound otherwise."""
     return _one(session, "route", code, scope)
 
 
@@ -260,7 +262,7 @@ def add_points(session: Session, features: list[dict], actor: str, *, crs: str =
 def add_routes(session: Session, features: list[dict], actor: str, scope: tuple[str, dict], *,
                crs: str = "EPSG:4326") -> list[str]:
     """Import patrol routes: features with properties code, name, team and ``points`` (codes of
-    the patrol points passed, in order; each inside ``scope``, alias ``p``)."""
+    the patrol points passed, in order; each inside ``scope``, link alias ``pl``)."""
     from gisgrid.layers import writes
 
     records, passes = [], []
@@ -307,8 +309,8 @@ def _record_from_feature(f, allowed: set[str], label: str) -> dict:
 def update(session: Session, kind: str, code: str, changes: dict, actor: str, scope: tuple[str, dict], *,
            crs: str = "EPSG:4326", point_scope: tuple[str, dict] | None = None) -> None:
     """Change a point's or route's fields (and geometry, then re-linked), audited with before/after.
-    ``scope`` filters the record's own table (alias ``p`` for points, ``r`` for routes); a route's
-    new ``points`` must lie inside ``point_scope`` (alias ``p``)."""
+    ``scope`` filters the record's own table (link alias ``pl`` for points, ``rl`` for routes); a route's
+    new ``points`` must lie inside ``point_scope`` (link alias ``pl``)."""
     import json
 
     from gisgrid.layers import audit, linking
@@ -423,12 +425,13 @@ def _parse(name: str, value, kind):
 
 _SCHEDULE_SCOPE = (
     "FROM patrol_schedule s LEFT JOIN patrol_point p ON p.id = s.point_id "
-    "LEFT JOIN patrol_route r ON r.id = s.route_id "
+    "LEFT JOIN patrol_point_link pl ON pl.id = p.id LEFT JOIN patrol_route r ON r.id = s.route_id "
+    "LEFT JOIN patrol_route_link rl ON rl.id = r.id "
 )
 
 
 def schedules(session: Session, scope_points: tuple[str, dict], scope_routes: tuple[str, dict]) -> list[dict]:
-    """Schedules of the points (alias ``p``) and routes (alias ``r``) inside the scope."""
+    """Schedules of the points (link alias ``pl``) and routes (link alias ``rl``) inside the scope."""
     rows = session.execute(text(
         "SELECT s.id, p.code AS point, r.code AS route, s.team, s.visits_per_day, s.weekdays, s.start_time, "
         f"s.end_time, s.valid_from, s.valid_to {_SCHEDULE_SCOPE} "
@@ -469,7 +472,7 @@ CHECKIN_FIELDS = {"point", "lon", "lat", "crs", "accuracy_m", "at", "route", "te
 
 def check_in(session: Session, worker: str, scope: tuple[str, dict], *, point, lon, lat, crs="EPSG:4326",
              accuracy_m=None, at=None, route=None, team=None, idempotency_key=None) -> tuple[dict, bool]:
-    """Record a check-in attempt at patrol point ``point`` (a code inside ``scope``, alias ``p``).
+    """Record a check-in attempt at patrol point ``point`` (a code inside ``scope``, link alias ``pl``).
 
     Accepted or rejected by :func:`allowed_metres` on the spheroidal distance; either way the
     attempt is stored (rejected ones with their distance). Idempotent: a resend with the same
@@ -531,8 +534,8 @@ def check_in(session: Session, worker: str, scope: tuple[str, dict], *, point, l
 
 
 def scope_routes_of(scope: tuple[str, dict]) -> tuple[str, dict]:
-    """The same jurisdiction condition for routes (alias ``r``) as ``scope`` is for points (``p``)."""
-    return scope[0].replace("p.", "r."), scope[1]
+    """The same jurisdiction condition for routes (link alias ``rl``) as ``scope`` is for points (``pl``)."""
+    return scope[0].replace("pl.", "rl."), scope[1]
 
 
 def _when(at) -> datetime | None:
@@ -561,7 +564,7 @@ def _when(at) -> datetime | None:
 _CHECKIN_SELECT = (
     "SELECT c.id, c.key, p.code AS point, p.name AS point_name, r.code AS route, c.worker, c.team, c.at, "
     "c.received_at, c.accuracy_m, round(c.distance_m::numeric, 2)::float AS distance_m, c.allowed_m, c.accepted, "
-    "ST_X(c.geom) AS lon, ST_Y(c.geom) AS lat, p.grid_code "
+    "ST_X(c.geom) AS lon, ST_Y(c.geom) AS lat, pl.grid_code "
     f"FROM {CHECKIN_FROM} LEFT JOIN patrol_route r ON r.id = c.route_id "
 )
 
@@ -585,7 +588,7 @@ def _checkin_by_key(session: Session, key: str) -> dict | None:
 
 def checkins(session: Session, scope: tuple[str, dict], *, worker=None, point=None, accepted=None, since=None,
              until=None, limit=100, offset=0) -> dict:
-    """Check-in attempts at points inside ``scope`` (alias ``p``), newest first."""
+    """Check-in attempts at points inside ``scope`` (link alias ``pl``), newest first."""
     conds, params = [scope[0]], dict(scope[1])
     for col, val, name in (("c.worker", worker, "worker"), ("p.code", point, "point")):
         if val:
@@ -633,8 +636,8 @@ def trail(session: Session, scope: tuple[str, dict], worker: str, day: date) -> 
 #: point the route passes), and a point's own ``visits_per_day`` where no schedule names it.
 _PLAN = f"""
     days AS (SELECT d::date AS day FROM generate_series(CAST(:d0 AS date), CAST(:d1 AS date) - 1, interval '1 day') d),
-    pts AS (SELECT p.id, p.code, p.name, p.kind, p.team, p.visits_per_day, p.grid_code, p.community_code, p.street_code,
-                   p.district_code FROM {POINT_FROM} WHERE {{scope}}),
+    pts AS (SELECT p.id, p.code, p.name, p.kind, p.team, p.visits_per_day, pl.grid_code, pl.community_code,
+                   pl.street_code, pl.district_code FROM {POINT_FROM} WHERE {{scope}}),
     sched AS (
         SELECT s.point_id, NULL::int AS route_id, s.team, s.visits_per_day, s.weekdays, s.valid_from, s.valid_to
         FROM patrol_schedule s WHERE s.point_id IS NOT NULL
@@ -675,7 +678,7 @@ COMPLIANCE_COLUMNS = {
 def compliance(session: Session, scope: tuple[str, dict], *, by: str = "point", since: date, until: date,
                per_day: bool = False) -> list[dict]:
     """Planned versus actual visits per ``by`` (point, route, team or day) over the local days
-    ``[since, until)`` at points inside ``scope`` (alias ``p``).
+    ``[since, until)`` at points inside ``scope`` (link alias ``pl``).
 
     * planned: the schedules' visits per day for each day they apply (:data:`_PLAN`);
     * actual: accepted check-ins that day;
@@ -733,7 +736,7 @@ def _check_range(since: date, until: date, max_days: int = 366) -> None:
 
 
 def overdue(session: Session, scope: tuple[str, dict], *, now: datetime | None = None) -> list[dict]:
-    """Points inside ``scope`` (alias ``p``) due for a visit: with ``n`` planned visits today,
+    """Points inside ``scope`` (link alias ``pl``) due for a visit: with ``n`` planned visits today,
     a point is overdue when its last accepted check-in is more than ``24/n`` hours ago, or it
     has none. Most overdue first."""
     params = {**scope[1], "now": now}

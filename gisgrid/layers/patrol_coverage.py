@@ -24,8 +24,11 @@ from sqlalchemy.orm import Session
 
 from gisgrid.errors import Conflict, InvalidInput
 
-LEVELS = {"grid": ("b.grid_code", "g.code"), "community": ("b.community_code", "g.community_code"),
-          "street": ("b.street_code", "g.street_code"), "district": ("b.district_code", "g.district_code")}
+LEVELS = {"grid": ("grid_code", "g.code"), "community": ("community_code", "g.community_code"),
+          "street": ("street_code", "g.street_code"), "district": ("district_code", "g.district_code")}
+#: buildings with their links (alias ``bl``): every read of building or patrol point link columns
+BUILDINGS = "building b LEFT JOIN building_link bl ON bl.id = b.id"
+POINT_LINKS = "patrol_point_link pl"
 METHODS = ("straight", "network")
 MAX_DISTANCE_M = 5000
 #: a lon/lat box around point ``p`` that holds every point within ``:d`` metres of it (a degree
@@ -35,7 +38,7 @@ _BOX = ("ST_Expand(p.geom, :d / (111000.0 * cos(radians(least(abs(ST_Y(p.geom)) 
         ":d / 110000.0)")
 #: the buildings within ``:d`` metres (straight line) of any patrol point, inside the scope
 COVERED_STRAIGHT = (
-    "SELECT DISTINCT b.id FROM patrol_point p JOIN building b "
+    f"SELECT DISTINCT b.id FROM patrol_point p JOIN {BUILDINGS} "
     f"ON b.anchor && {_BOX} AND ST_DWithin(b.anchor::geography, p.geom::geography, :d) WHERE {{scope_b}}"
 )
 COVERED_IDS = "SELECT unnest(CAST(:ids AS integer[])) AS id"
@@ -70,8 +73,8 @@ def coverage(session: Session, scope_b: tuple[str, dict], scope_g: tuple[str, di
     Parameters
     ----------
     scope_b, scope_g, scope_p : (str, dict)
-        :func:`gisgrid.authz.scope_sql` for buildings (alias ``b``), grids (alias ``g``,
-        ``grid_col="code"``) and patrol points (alias ``p``).
+        :func:`gisgrid.authz.scope_sql` for buildings (link alias ``bl``), grids (alias ``g``,
+        ``grid_col="code"``) and patrol points (link alias ``pl``).
     level : {"grid", "community", "street", "district"}, default "grid"
     distance_m : float, default 300
         Reach of a patrol point, metres, 0 < d ≤ 5000.
@@ -97,16 +100,16 @@ def coverage(session: Session, scope_b: tuple[str, dict], scope_g: tuple[str, di
     names = ("g2.name" if level == "grid" else "(SELECT name FROM admin_area WHERE code = gs.code)")
     sql = f"""
         WITH cov AS MATERIALIZED ({covered}),
-        bs AS (SELECT {b_col} AS code, count(*) AS buildings, count(c.id) AS buildings_covered,
+        bs AS (SELECT bl.{b_col} AS code, count(*) AS buildings, count(c.id) AS buildings_covered,
                       coalesce(sum(b.households), 0) AS households,
                       coalesce(sum(b.households) FILTER (WHERE c.id IS NOT NULL), 0) AS households_covered
-               FROM building b LEFT JOIN cov c ON c.id = b.id WHERE {scope_b[0]} AND {b_col} IS NOT NULL GROUP BY 1),
+               FROM {BUILDINGS} LEFT JOIN cov c ON c.id = b.id WHERE {scope_b[0]} AND bl.{b_col} IS NOT NULL
+               GROUP BY 1),
         gs AS (SELECT {g_col} AS code, count(*) AS grids,
-                      count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM patrol_point p WHERE p.grid_id = g.id))
+                      count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM {POINT_LINKS} WHERE pl.grid_id = g.id))
                           AS grids_without_point
                FROM grid g WHERE g.valid_to IS NULL AND {scope_g[0]} GROUP BY 1),
-        ps AS (SELECT {b_col.replace('b.', 'p.')} AS code, count(*) AS points FROM patrol_point p
-               WHERE {scope_p[0]} GROUP BY 1)
+        ps AS (SELECT pl.{b_col} AS code, count(*) AS points FROM {POINT_LINKS} WHERE {scope_p[0]} GROUP BY 1)
         SELECT gs.code, {names} AS name, gs.grids, gs.grids_without_point, coalesce(ps.points, 0) AS points,
                coalesce(bs.buildings, 0) AS buildings, coalesce(bs.buildings_covered, 0) AS buildings_covered,
                coalesce(bs.households, 0) AS households, coalesce(bs.households_covered, 0) AS households_covered
@@ -126,7 +129,7 @@ def coverage(session: Session, scope_b: tuple[str, dict], scope_g: tuple[str, di
 def grids_without_point(session: Session, scope_g: tuple[str, dict], limit: int = 1000) -> dict:
     """Current grids inside ``scope_g`` (alias ``g``) holding no patrol point: total and the
     first ``limit`` by code."""
-    where = f"g.valid_to IS NULL AND {scope_g[0]} AND NOT EXISTS (SELECT 1 FROM patrol_point p WHERE p.grid_id = g.id)"
+    where = f"g.valid_to IS NULL AND {scope_g[0]} AND NOT EXISTS (SELECT 1 FROM {POINT_LINKS} WHERE pl.grid_id = g.id)"
     total = session.execute(text(f"SELECT count(*) FROM grid g WHERE {where}"), scope_g[1]).scalar()
     rows = session.execute(text(f"SELECT g.code, g.name FROM grid g WHERE {where} ORDER BY g.code LIMIT :n"),
                            {**scope_g[1], "n": limit}).mappings()
@@ -134,7 +137,7 @@ def grids_without_point(session: Session, scope_g: tuple[str, dict], limit: int 
 
 
 def network_covered(session: Session, scope_b: tuple[str, dict], distance_m: float, metric_crs: str = "") -> list[int]:
-    """Ids of the buildings inside ``scope_b`` (alias ``b``) within ``distance_m`` walking
+    """Ids of the buildings inside ``scope_b`` (link alias ``bl``) within ``distance_m`` walking
     distance of a patrol point along the roads. Roads and points are taken within the
     buildings' extent widened by the distance (a walk never leaves that box)."""
     import numpy as np
@@ -144,7 +147,7 @@ def network_covered(session: Session, scope_b: tuple[str, dict], distance_m: flo
     from gisgrid.spatial import network
     from gisgrid.spatial.crs import gk_zone_for
 
-    b = session.execute(text(f"SELECT b.id, ST_X(b.anchor) AS x, ST_Y(b.anchor) AS y FROM building b "
+    b = session.execute(text(f"SELECT b.id, ST_X(b.anchor) AS x, ST_Y(b.anchor) AS y FROM {BUILDINGS} "
                              f"WHERE {scope_b[0]}"), scope_b[1]).all()
     if not b:
         return []

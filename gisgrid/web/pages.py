@@ -69,7 +69,7 @@ def one_map():
     t = i18n.t
     s = db()
     who = principal()
-    scope, grid_scope, area_scope = authz.scope_sql(who), authz.scope_sql(who, "g", grid_col="code"), \
+    scope, grid_scope, area_scope = authz.scope_sql(who, "l"), authz.scope_sql(who, "g", grid_col="code"), \
         authz.admin_area_sql(who)
     district = admin_areas.district(s)
     cfg = settings()
@@ -143,7 +143,7 @@ def _patrol_layers(m, s, who, n_grids: int) -> None:
     from gisgrid.layers import patrol, patrol_coverage
 
     t = i18n.t
-    scope = authz.scope_sql(who, "p")
+    scope = authz.scope_sql(who, "pl")
     points = folium.FeatureGroup(name=t("patrol_points"), show=False)
     for f in patrol.point_features(s, scope, limit=PAGE_GRID_LIMIT)["features"]:
         lon, lat = f["geometry"]["coordinates"]

@@ -21,7 +21,7 @@ bp = Blueprint("patrol", __name__, url_prefix="/api/patrol")
 
 def _scopes():
     p = principal()
-    return authz.scope_sql(p, "p"), authz.scope_sql(p, "r")
+    return authz.scope_sql(p, "pl"), authz.scope_sql(p, "rl")
 
 
 def _format() -> str:
@@ -62,9 +62,9 @@ def _features(body) -> list:
 
 def _must_be_inside(kind: str, codes: list[str]) -> None:
     """What a planner writes must land in their jurisdiction (checked after linking, before commit)."""
-    table, alias = ("patrol_point", "p") if kind == "point" else ("patrol_route", "r")
-    where, params = authz.scope_sql(principal(), alias)
-    inside = db().execute(text(f"SELECT count(*) FROM {table} {alias} WHERE {alias}.code = ANY(:c) AND {where}"),
+    source, alias = (patrol.POINT_FROM, "p") if kind == "point" else (patrol.ROUTE_FROM, "r")
+    where, params = authz.scope_sql(principal(), alias + "l")
+    inside = db().execute(text(f"SELECT count(*) FROM {source} WHERE {alias}.code = ANY(:c) AND {where}"),
                           {"c": codes, **params}).scalar()
     if inside != len(codes):
         raise authz.Forbidden(f"{len(codes) - inside} of the {kind}s would lie outside your jurisdiction")
@@ -545,9 +545,9 @@ def coverage():
         409: {$ref: '#/components/responses/Conflict'}
     """
     fmt, a, p = _format(), request.args, principal()
-    sb = _area_scope(authz.scope_sql(p, "b"), "b")
+    sb = _area_scope(authz.scope_sql(p, "bl"), "bl")
     sg = _area_scope(authz.scope_sql(p, "g", grid_col="code"), "g", "code")
-    sp = _area_scope(authz.scope_sql(p, "p"), "p")
+    sp = _area_scope(authz.scope_sql(p, "pl"), "pl")
     s = db()
     rows = patrol_coverage.coverage(s, sb, sg, sp, level=a.get("level", "grid"), distance_m=a.get("distance", 300),
                                     method=a.get("method", "straight"), metric_crs=settings().metric_crs)
