@@ -35,13 +35,17 @@ them without locking the layer tables.
 """
 from __future__ import annotations
 
+import logging
 import re
+import time
 import zlib
 
 from sqlalchemy import Column, Index, Integer, String, Table, text
 from sqlalchemy.orm import Session
 
 from gisgrid.db.base import Base
+
+log = logging.getLogger(__name__)
 
 #: layer table → column holding the point the layer is linked by
 ANCHORS = {"building": "anchor", "place": "geom", "patrol_point": "geom", "patrol_route": "anchor",
@@ -160,6 +164,13 @@ def _fill(session: Session, table: str, new: str) -> None:
 
 def _rebuild(session: Session, table: str) -> int:
     link, new = f"{table}_link", f"{table}_link_new"
+    steps, t0 = [], time.perf_counter()
+
+    def step(name):
+        nonlocal t0
+        steps.append(f"{name} {time.perf_counter() - t0:.2f} s")
+        t0 = time.perf_counter()
+
     indexes = session.execute(text(
         "SELECT i.relname AS name, pg_get_indexdef(i.oid) AS ddl, c.conname AS constraint "
         "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
@@ -169,7 +180,9 @@ def _rebuild(session: Session, table: str) -> int:
     session.execute(text(f"DROP TABLE IF EXISTS {new}"))
     session.execute(text(f"CREATE TABLE {new} (LIKE {link} INCLUDING DEFAULTS)"))
     session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(table)})
+    step("lock")
     _fill(session, table, new)
+    step("fill")
     for ix in indexes:       # built after the rows are in: one sort each, no per-row inserts
         tmp = f"{ix['name']}__new"
         if ix["constraint"]:
@@ -178,10 +191,12 @@ def _rebuild(session: Session, table: str) -> int:
             ddl = re.sub(rf"^(CREATE (?:UNIQUE )?INDEX) {ix['name']} ON (ONLY )?((?:\S+\.)?){link} ",
                          rf"\1 {tmp} ON \2\3{new} ", ix["ddl"])
             session.execute(text(ddl))
+    step(f"{len(indexes)} indexes")
     changed = session.execute(text(
         f"SELECT count(*) FROM {link} o FULL JOIN {new} n ON n.id = o.id "
         f"WHERE (o.id, o.grid_id, o.grid_code, o.community_code, o.street_code, o.district_code) IS DISTINCT FROM "
         f"(n.id, n.grid_id, n.grid_code, n.community_code, n.street_code, n.district_code)")).scalar_one()
+    step("count changes")
     # The swap: readers of the old table finish first; the new one takes its name and index names.
     session.execute(text(f"DROP TABLE {link}"))
     session.execute(text(f"ALTER TABLE {new} RENAME TO {link}"))
@@ -191,6 +206,8 @@ def _rebuild(session: Session, table: str) -> int:
         else:
             session.execute(text(f"ALTER INDEX {ix['name']}__new RENAME TO {ix['name']}"))
     session.execute(text(f"ANALYZE {link}"))
+    step("swap + analyze")
+    log.info("relink %s: %s; %d changed", table, ", ".join(steps), changed)
     return changed
 
 
