@@ -15,9 +15,10 @@ Two paths, one rule:
   or an import (`gisgrid link`). Polygon-driven: the outer loop runs over the grids and probes
   the GiST index of the points, so PostGIS reuses each grid's prepared geometry for all the
   points it holds. The result goes into a fresh table that replaces the old one in a short
-  swap at the end; readers are never blocked except during that swap. Writers of links
-  (``link_ids``) wait for the rebuild of their layer (an advisory lock), so no link written
-  meanwhile is lost.
+  swap at the end; readers are never blocked except during that swap. Writers of links wait
+  for the rebuild of their layer (it holds the old link table in EXCLUSIVE mode, which lets
+  readers in); then PostgreSQL looks the table's name up again and their rows land in the new
+  table: no link written meanwhile is lost.
 
 The rule (``grids.LOOKUP_SQL`` states it for a single point): a record belongs to the current
 grid that intersects its anchor point; a point on an edge shared by several grids belongs to the
@@ -38,7 +39,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import zlib
 
 from sqlalchemy import Column, Index, Integer, String, Table, text
 from sqlalchemy.orm import Session
@@ -111,18 +111,6 @@ def _located(table: str, where: str) -> str:
     return f"WITH src AS (SELECT id, {ANCHORS[table]} AS pt FROM {table} r WHERE {where}) {_LOCATE}"
 
 
-def _lock_key(table: str) -> int:
-    return zlib.crc32(f"gisgrid.link.{table}".encode()) & 0x7FFFFFFF
-
-
-def lock_writes(session: Session, table: str) -> None:
-    """Take, for the rest of the caller's transaction, the right to write ``table``'s links;
-    it waits while :func:`relink` rebuilds them. Call it in its own statement before any
-    statement that writes ``<table>_link`` (a statement names the table it writes when it
-    starts, and a rebuild replaces that table)."""
-    session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _lock_key(table)})
-
-
 def link_ids(session: Session, table: str, ids: list[int]) -> int:
     """Link the records ``ids`` of ``table`` (just inserted or moved). Returns rows changed.
 
@@ -132,7 +120,6 @@ def link_ids(session: Session, table: str, ids: list[int]) -> int:
     _check(table)
     if not ids:
         return 0
-    lock_writes(session, table)
     link = f"{table}_link"
     return session.execute(text(
         f"INSERT INTO {link} AS k (id, {_LIST}) {_located(table, 'r.id = ANY(:ids)')} "
@@ -179,7 +166,8 @@ def _rebuild(session: Session, table: str) -> int:
     assert all(ix["constraint"] is None or ix["name"] == f"pk_{link}" for ix in indexes), indexes
     session.execute(text(f"DROP TABLE IF EXISTS {new}"))
     session.execute(text(f"CREATE TABLE {new} (LIKE {link} INCLUDING DEFAULTS)"))
-    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(table)})
+    # Writers wait from here to the commit; readers go on reading the old table until the swap.
+    session.execute(text(f"LOCK TABLE {link} IN EXCLUSIVE MODE"))
     step("lock")
     _fill(session, table, new)
     step("fill")
