@@ -64,13 +64,29 @@ def request(sess, method, url, log, kind, t_begin, **kw):
         outcome = "ok" if r.status_code < 400 else f"HTTP {r.status_code}"
     except requests.Timeout:
         r, outcome = None, "timeout"
-    except requests.ConnectionError:
+    except requests.RequestException:           # refused, reset, or cut off mid-body by the kill
         r, outcome = None, "connection error"
     log.add(kind, t0 - t_begin, (time.perf_counter() - t0) * 1000, outcome)
     return r, outcome
 
 
-def field(i, base, token, points, cats, stop_at, run_id, log, acked, t_begin):
+def until_answered(sess, url, body, key, log, kind, t_begin):
+    """POST until answered, retrying the SAME body and key; the response or None."""
+    give_up = time.perf_counter() + ANSWER_WITHIN_S
+    while True:
+        r, outcome = request(sess, "POST", url, log, kind, t_begin, data=body, headers={"Idempotency-Key": key})
+        if outcome == "ok":
+            return r
+        if r is not None and r.status_code < 500 and r.status_code != 429:
+            return None                                 # refused for good: counted as an error
+        if time.perf_counter() > give_up:
+            log.add(f"{kind} gave up", time.perf_counter() - t_begin, 0, "gave up")
+            return None
+        time.sleep(0.2)
+
+
+def field(i, base, token, points, cats, patrol_points, stop_at, run_id, log, acked, t_begin):
+    """Reports, and (where offered) a check-in at a patrol point after every second report."""
     import requests
 
     rng = random.Random(i)
@@ -79,32 +95,30 @@ def field(i, base, token, points, cats, stop_at, run_id, log, acked, t_begin):
     seq = 0
     while time.perf_counter() < stop_at:
         seq += 1
-        lon, lat = rng.choice(points)
         key = f"{run_id}-{i}-{seq}"
+        if patrol_points and seq % 3 == 0:
+            code, lon, lat = rng.choice(patrol_points)
+            body = json.dumps({"point": code, "lon": lon + rng.uniform(-2e-4, 2e-4), "lat": lat, "accuracy_m": 8})
+            r = until_answered(sess, base + "/api/patrol/checkins", body, key, log, "check-in", t_begin)
+            if r is not None:
+                acked["check-in"].append((key, None))
+            continue
+        lon, lat = rng.choice(points)
         body = json.dumps({"category": rng.choice(cats), "lon": lon, "lat": lat,
                            "description": f"{PREFIX}:{run_id}:{i}:{seq}"})
-        give_up = time.perf_counter() + ANSWER_WITHIN_S
-        while True:
-            r, outcome = request(sess, "POST", base + "/api/incidents", log, "report", t_begin, data=body,
-                                 headers={"Idempotency-Key": key})
-            if outcome == "ok":
-                acked.append((key, r.json()["code"]))
-                break
-            if r is not None and r.status_code < 500 and r.status_code != 429:
-                break                                   # refused for good: counted as an error
-            if time.perf_counter() > give_up:
-                log.add("report gave up", time.perf_counter() - t_begin, 0, "gave up")
-                break
-            time.sleep(0.2)
+        r = until_answered(sess, base + "/api/incidents", body, key, log, "report", t_begin)
+        if r is not None:
+            acked["report"].append((key, r.json()["code"]))
     sess.close()
 
 
-def centre(i, base, token, stop_at, log, t_begin):
+def centre(i, base, token, tiles, stop_at, log, t_begin):
     import requests
 
     sess = requests.Session()
     sess.headers.update({"Authorization": f"Bearer {token}"})
     calls = [("stats", "/api/stats?level=community"), ("incident list", "/api/incidents?limit=50")]
+    calls += [("tile", t) for t in random.Random(i).sample(tiles, min(len(tiles), 40))]
     n = 0
     while time.perf_counter() < stop_at:
         kind, path = calls[n % len(calls)]
@@ -113,6 +127,62 @@ def centre(i, base, token, stop_at, log, t_begin):
         if outcome != "ok":
             time.sleep(0.2)
     sess.close()
+
+
+def planner(i, base, token, scope, stop_at, log, t_begin):
+    """A draft plan of a community; then, over and over: split a cell through its middle
+    (with the cell's version), and undo it."""
+    import requests
+    import shapely
+    from shapely.geometry import LineString, shape
+
+    sess = requests.Session()
+    sess.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    r, outcome = request(sess, "POST", base + "/api/plans", log, "plan create", t_begin,
+                         data=json.dumps({"scope": scope, "name": f"soak planner {i}"}))
+    if outcome != "ok":
+        return
+    plan = r.json()["id"]
+    n = 0
+    while time.perf_counter() < stop_at:
+        n += 1
+        r, outcome = request(sess, "GET", f"{base}/api/plans/{plan}", log, "plan read", t_begin)
+        if outcome != "ok":
+            time.sleep(0.5)
+            continue
+        cells = r.json()["cells"]["features"]
+        cell = cells[(n + i) % len(cells)]
+        geom = shape(cell["geometry"])
+        minx, miny, maxx, maxy = geom.bounds
+        cx = shapely.centroid(geom).x
+        line = LineString([(cx, miny - 0.001), (cx, maxy + 0.001)])
+        code, version = cell["properties"]["code"], cell["properties"]["version"]
+        r, outcome = request(sess, "POST", f"{base}/api/plans/{plan}/edits", log, "plan edit", t_begin,
+                             data=json.dumps({"op": "split", "code": code, "versions": {code: version},
+                                              "line": line.__geo_interface__}))
+        if outcome == "ok":
+            request(sess, "POST", f"{base}/api/plans/{plan}/undo", log, "plan undo", t_begin, data="{}")
+        else:
+            time.sleep(0.5)
+    sess.close()
+
+
+def tiles_around(conn, zooms=(12, 14, 16), per_zoom=30) -> list[str]:
+    """Tile URLs of every layer at ``zooms`` around the middle of the grids."""
+    import math
+
+    lon, lat = conn.execute("SELECT ST_X(c), ST_Y(c) FROM (SELECT ST_Centroid(ST_Extent(geom)::geometry) AS c "
+                            "FROM grid WHERE valid_to IS NULL) x").fetchone()
+    out = []
+    for z in zooms:
+        n = 2 ** z
+        x0 = int((lon + 180) / 360 * n)
+        y0 = int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
+        side = max(1, int(math.sqrt(per_zoom)))
+        for layer in ("grids", "incidents", "buildings", "patrol_points"):
+            out += [f"/tiles/{layer}/{z}/{x0 + dx}/{y0 + dy}.pbf" for dx in range(-side // 2, side // 2 + 1)
+                    for dy in range(-side // 2, side // 2 + 1)]
+    return out
 
 
 def wait_healthy(base, timeout=120) -> float:
@@ -135,7 +205,8 @@ def start_server(port, logpath):
                             start_new_session=True)
 
 
-def centre_tokens(Session, n, run_id):
+def role_tokens(Session, role, scopes, n, run_id):
+    """Tokens for n users of ``role`` over the district."""
     from sqlalchemy import text
 
     from gisgrid.layers import users
@@ -144,12 +215,12 @@ def centre_tokens(Session, n, run_id):
     with Session.begin() as s:
         district = s.execute(text("SELECT code FROM admin_area WHERE level = 'district' ORDER BY code LIMIT 1")).scalar()
         for i in range(n):
-            name = f"soak-centre-{i:02d}"
+            name = f"soak-{role}-{i:02d}"
             try:
                 u = users.get(s, name)
             except Exception:  # noqa: BLE001 - NotFound
-                u = users.add(s, name, "commander", [district], uuid.uuid4().hex)
-            out.append(users.create_token(s, u, f"soak {run_id}", ["read"], days=1)[0])
+                u = users.add(s, name, role, [district], uuid.uuid4().hex)
+            out.append(users.create_token(s, u, f"soak {run_id}", scopes, days=1)[0])
     return out
 
 
@@ -174,7 +245,8 @@ def main() -> None:
     with Session() as s:
         cats = sorted(c["code"] for c in layer.categories(s))
     field_tokens = [t for _, t in inc.field_tokens(Session, args.field, run_id)]
-    c_tokens = centre_tokens(Session, args.centre, run_id)
+    c_tokens = role_tokens(Session, "commander", ["read"], args.centre, run_id)
+    p_tokens = role_tokens(Session, "planner", ["read", "plan"], args.planners, run_id)
     engine.dispose()
     port = inc.free_port()
     base = f"http://127.0.0.1:{port}"
@@ -184,20 +256,31 @@ def main() -> None:
     import requests
 
     spec = requests.get(base + "/api/openapi.json", timeout=10).json()["paths"]
-    for kind, needle in (("patrol check-ins (field)", "checkin"), ("tiles (command centre)", "/tiles/"),
-                         ("plan edits (planners)", "/plans")):
-        offered = [p for p in spec if needle in p]
-        inc.log(f"{kind}: " + (f"offered ({', '.join(offered[:3])})" if offered else "not offered by this API; skipped"))
+    offered = {}
+    for kind, needle in (("check-ins", "/api/patrol/checkins"), ("tiles", "/tiles/"), ("plans", "/api/plans")):
+        offered[kind] = [p for p in spec if needle in p] or ([needle] if needle == "/tiles/" and
+                                                             requests.get(base + "/tiles/index.json").status_code
+                                                             in (200, 401) else [])
+        inc.log(f"{kind}: " + ("offered" if offered[kind] else "not offered by this API; skipped"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        patrol_points = conn.execute("SELECT code, ST_X(geom), ST_Y(geom) FROM patrol_point").fetchall() \
+            if offered["check-ins"] else []
+        tiles = tiles_around(conn) if offered["tiles"] else []
+        scopes = [r[0] for r in conn.execute("SELECT DISTINCT community_code FROM grid WHERE valid_to IS NULL "
+                                             "ORDER BY 1 LIMIT %s", (args.planners,))] if offered["plans"] else []
     inc.log(f"run {run_id}: {args.field} field + {args.centre} command-centre clients for {args.seconds:g} s; "
             f"database restart at {0.4 * args.seconds:.0f} s, server kill -9 at {0.7 * args.seconds:.0f} s")
 
-    log, acked = Log(), []
+    log, acked = Log(), {"report": [], "check-in": []}
     t_begin = time.perf_counter()
     stop_at = t_begin + args.seconds
-    threads = [threading.Thread(target=field, args=(i, base, field_tokens[i], points, cats, stop_at, run_id, log,
-                                                    acked, t_begin), daemon=True) for i in range(args.field)]
-    threads += [threading.Thread(target=centre, args=(i, base, c_tokens[i], stop_at, log, t_begin), daemon=True)
+    threads = [threading.Thread(target=field, args=(i, base, field_tokens[i], points, cats, patrol_points, stop_at,
+                                                    run_id, log, acked, t_begin), daemon=True)
+               for i in range(args.field)]
+    threads += [threading.Thread(target=centre, args=(i, base, c_tokens[i], tiles, stop_at, log, t_begin), daemon=True)
                 for i in range(args.centre)]
+    threads += [threading.Thread(target=planner, args=(i, base, p_tokens[i], scope, stop_at, log, t_begin),
+                                 daemon=True) for i, scope in enumerate(scopes)]
     for t in threads:
         t.start()
     windows = []
@@ -240,16 +323,25 @@ def main() -> None:
                             "(SELECT count(*) FROM incident_event e WHERE e.incident_id = i.id) "
                             "FROM incident i LEFT JOIN incident_link l ON l.id = i.id WHERE i.description LIKE %s",
                             (f"{PREFIX}:{run_id}:%",)).fetchall()
+        checkins = collections.Counter(r[0] for r in conn.execute(
+            "SELECT key FROM patrol_checkin WHERE key LIKE %s", (f"{run_id}-%",))) if offered["check-ins"] else {}
     stored = collections.defaultdict(list)
     by_desc = collections.Counter()
     for key, code, desc, linked, events in rows:
         stored[key].append((code, linked, events))
         by_desc[desc] += 1
-    lost = sum(1 for k, _ in acked if k not in stored)
+    reports = acked["report"]
+    lost = sum(1 for k, _ in reports if k not in stored)
     dup = sum(len(v) - 1 for v in stored.values()) + sum(n - 1 for n in by_desc.values() if n > 1)
-    mismatch = sum(1 for k, code in acked if k in stored and stored[k][0][0] != code)
-    unacked = len(set(stored) - {k for k, _ in acked})
-    inc.log(f"\nwrites: {len(acked):,} reports acknowledged in {elapsed:.0f} s ({len(acked) / elapsed:.1f}/s); "
+    mismatch = sum(1 for k, code in reports if k in stored and stored[k][0][0] != code)
+    unacked = len(set(stored) - {k for k, _ in reports})
+    c_lost = sum(1 for k, _ in acked["check-in"] if k not in checkins)
+    c_dup = sum(n - 1 for n in checkins.values())
+    if offered["check-ins"]:
+        inc.log(f"\ncheck-ins: {len(acked['check-in']):,} acknowledged; database {sum(checkins.values()):,} rows; "
+                f"lost {c_lost}, duplicated {c_dup}")
+        lost, dup = lost + c_lost, dup + c_dup
+    inc.log(f"\nwrites: {len(reports):,} reports acknowledged in {elapsed:.0f} s ({len(reports) / elapsed:.1f}/s); "
             f"database: {len(rows):,} rows; lost {lost}, duplicated {dup}, code differs {mismatch}, "
             f"stored but never acknowledged {unacked} (a client gave up), unlinked "
             f"{sum(1 for v in stored.values() if not v[0][1])}, without exactly one event "
