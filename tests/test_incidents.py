@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 import uuid
 
@@ -356,3 +357,21 @@ def test_statistics_spreadsheets(app, centre):
     assert ws["A1"].value == "area code" and ws.max_row == len(table)
     # the viewer may read figures but not download spreadsheets
     assert login_as(app, "viewer").get("/api/stats?format=csv").status_code == 403
+
+
+def test_duplicate_distance_is_configurable_and_exact(two_grids):
+    """Offered when within the distance (geodesic metres), not beyond it; the window is a setting."""
+    from gisgrid.layers import incidents
+
+    s = two_grids
+    lon, lat = 114.005, 30.005
+    first, _ = incidents.report(s, "t", category="gas", lon=lon, lat=lat)
+    east = 1 / (111_320 * math.cos(math.radians(lat)))     # degrees of longitude per metre
+    near, _ = incidents.report(s, "t", category="gas", lon=lon + 45 * east, lat=lat)
+    far, _ = incidents.report(s, "t", category="gas", lon=lon + 60 * east, lat=lat, duplicate_metres=50)
+    wide, _ = incidents.report(s, "t", category="gas", lon=lon + 60 * east, lat=lat + 0.0001, duplicate_metres=100)
+    assert [d["code"] for d in near["possible_duplicates"]] == [first["code"]]
+    assert first["code"] not in [d["code"] for d in far["possible_duplicates"]]
+    assert first["code"] in [d["code"] for d in wide["possible_duplicates"]]
+    other, _ = incidents.report(s, "t", category="noise", lon=lon, lat=lat)
+    assert other["possible_duplicates"] == []

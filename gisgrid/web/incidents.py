@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from gisgrid import authz, workflow
 from gisgrid.errors import InvalidInput, NotFound
 from gisgrid.layers import incidents, photos
-from gisgrid.web import db, openapi
+from gisgrid.web import db, openapi, settings
 from gisgrid.web.auth import check_pagination, limiter, needs, principal
 
 bp = Blueprint("incidents", __name__, url_prefix="/api")
@@ -109,7 +109,8 @@ def report():
         s, principal().username, category=body["category"], lon=body["lon"], lat=body["lat"],
         crs=body.get("crs", "EPSG:4326"), description=body.get("description", ""), address=body.get("address"),
         source=body.get("source", "patrol"), reporter=body.get("reporter"), accuracy_m=body.get("accuracy_m"),
-        idempotency_key=key)
+        idempotency_key=key, duplicate_metres=settings().duplicate_metres,
+        duplicate_hours=settings().duplicate_hours)
     s.commit()
     return jsonify(out), (201 if created else 200)
 

@@ -3,16 +3,16 @@
 Routes already in the database get their points back from their lines: every patrol point
 within a metre of the line, in the order the line passes them.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-23 02:19:57.096740
 """
 from alembic import op
 import sqlalchemy as sa
 from geoalchemy2 import Geometry
 
-revision = '0006'
-down_revision = '0005'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
