@@ -27,18 +27,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(demo_url):
-    port = free_port()
+def start(url: str, port: int, **env) -> subprocess.Popen:
+    """`gisgrid serve` on ``url``'s database and ``port``, in a process group of its own; returns
+    once it answers /healthz."""
     proc = subprocess.Popen([str(Path(sys.executable).parent / "gisgrid"), "serve"],
-                            env=gisgrid_env(GISGRID_DATABASE_URL=demo_url, GISGRID_PORT=str(port)),
+                            env=gisgrid_env(GISGRID_DATABASE_URL=url, GISGRID_PORT=str(port), **env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while True:
         try:
-            urllib.request.urlopen(url + "healthz", timeout=2).close()
-            break
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
+            return proc
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -47,7 +46,13 @@ def server(demo_url):
                 proc.stdout.close()
                 raise RuntimeError(f"server did not come up: {out}")
             time.sleep(0.2)
-    yield url
+
+
+@pytest.fixture(scope="module")
+def server(demo_url):
+    port = free_port()
+    proc = start(demo_url, port)
+    yield f"http://127.0.0.1:{port}/"
     stop(proc)
 
 
