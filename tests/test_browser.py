@@ -27,18 +27,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(demo_url):
-    port = free_port()
+def start(url: str, port: int, **env) -> subprocess.Popen:
+    """`gisgrid serve` on ``url``'s database and ``port``, in a process group of its own; returns
+    once it answers /healthz."""
     proc = subprocess.Popen([str(Path(sys.executable).parent / "gisgrid"), "serve"],
-                            env=gisgrid_env(GISGRID_DATABASE_URL=demo_url, GISGRID_PORT=str(port)),
+                            env=gisgrid_env(GISGRID_DATABASE_URL=url, GISGRID_PORT=str(port), **env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while True:
         try:
-            urllib.request.urlopen(url + "healthz", timeout=2).close()
-            break
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
+            return proc
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -47,7 +46,13 @@ def server(demo_url):
                 proc.stdout.close()
                 raise RuntimeError(f"server did not come up: {out}")
             time.sleep(0.2)
-    yield url
+
+
+@pytest.fixture(scope="module")
+def server(demo_url):
+    port = free_port()
+    proc = start(demo_url, port)
+    yield f"http://127.0.0.1:{port}/"
     stop(proc)
 
 
@@ -101,6 +106,20 @@ def login(page, server, username, password):
     page.wait_for_load_state("networkidle")
 
 
+def field_page(browser, server, password, lat, lon, accuracy):
+    """A phone-sized context at (lat, lon) ± accuracy, logged in as gridworker, on /field;
+    returns (context, page, page errors)."""
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                              geolocation={"latitude": lat, "longitude": lon, "accuracy": accuracy},
+                              permissions=["geolocation"], locale="zh-CN")
+    page = ctx.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    login(page, server, "gridworker", password)
+    page.goto(server + "field", wait_until="networkidle")
+    return ctx, page, errors
+
+
 def test_field_report_made_offline_is_sent_once_when_back_online(server, demo_url, demo_passwords):
     import json
     import uuid
@@ -116,14 +135,7 @@ def test_field_report_made_offline_is_sent_once_when_back_online(server, demo_ur
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
-                                  geolocation={"latitude": here.y, "longitude": here.x, "accuracy": 12},
-                                  permissions=["geolocation"], locale="zh-CN")
-        page = ctx.new_page()
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        login(page, server, "gridworker", demo_passwords["gridworker"])
-        page.goto(server + "field", wait_until="networkidle")
+        ctx, page, errors = field_page(browser, server, demo_passwords["gridworker"], here.y, here.x, 12)
         # locator waits, not wait_for_function: the page's CSP forbids eval, as it should
         expect(page.locator("select[name=category] option")).to_have_count(12)
         expect(page.locator("#where")).to_contain_text("±")
@@ -181,14 +193,7 @@ def test_field_patrol_checkin_offline_then_online_and_a_rejected_one(server, dem
     far_lon, far_lat, _ = geod.fwd(here.x, here.y, 45, 200)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
-                                  geolocation={"latitude": near_lat, "longitude": near_lon, "accuracy": 8},
-                                  permissions=["geolocation"], locale="zh-CN")
-        page = ctx.new_page()
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        login(page, server, "gridworker", demo_passwords["gridworker"])
-        page.goto(server + "field", wait_until="networkidle")
+        ctx, page, errors = field_page(browser, server, demo_passwords["gridworker"], near_lat, near_lon, 8)
         page.click("nav button[data-tab=patrol]")
         button = page.locator(f'#points li[data-code="{code}"] button')
         expect(button).to_be_visible()

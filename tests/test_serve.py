@@ -5,43 +5,22 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from conftest import gisgrid_env
 from test_browser import free_port, stop
+from test_browser import start as serve
 
 
 def start(url: str, port: int, **env) -> subprocess.Popen:
-    env = {"GISGRID_WORKERS": "2", **env}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "gisgrid"), "serve"],
-                            env=gisgrid_env(GISGRID_DATABASE_URL=url, GISGRID_PORT=str(port),
-                                            GISGRID_COOKIE_SECURE="0", **env),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                out = proc.stdout.read()
-                proc.stdout.close()
-                raise RuntimeError(f"server did not come up: {out}")
-            time.sleep(0.2)
+    return serve(url, port, **{"GISGRID_WORKERS": "2", "GISGRID_COOKIE_SECURE": "0", **env})
 
 
 def kill(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
