@@ -224,7 +224,12 @@ class _Scope:
                                  lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
 
     def to_metric(self, geoms):
-        return self._transform(geoms, "EPSG:4326", self.metric) if len(geoms) else np.asarray(geoms, dtype=object)
+        """Projected to the metric CRS. Edges are first cut into pieces of at most 0.0002° (about
+        20 m) so a long straight edge in lon/lat and the same edge split at a neighbour's vertex
+        stay the same line once projected (else they part by centimetres over a kilometre)."""
+        if not len(geoms):
+            return np.asarray(geoms, dtype=object)
+        return self._transform(shapely.segmentize(np.asarray(geoms, dtype=object), 0.0002), "EPSG:4326", self.metric)
 
     def to_storage(self, geoms):
         return self._transform(geoms, self.metric, "EPSG:4326")
@@ -631,18 +636,15 @@ def _codes_for(session, plan_id, comm, prop, grid_codes, households, taken) -> l
 
 
 def undo(session: Session, principal: authz.Principal, plan_id) -> dict:
-    """Undo the plan's last edit not yet undone: its cells go back to what they were. A 409 if
-    a cell it made was changed since (undo the later edit first)."""
+    """Undo the plan's last edit not yet undone: its cells go back to what they were (with a
+    new version each). Undo again to go further back."""
     plan = _editable(session, principal, plan_id)
     last = session.execute(text(
         "SELECT id, seq, op, before, after FROM plan_edit WHERE plan_id = :p AND undone_at IS NULL "
         "ORDER BY seq DESC LIMIT 1"), {"p": plan["id"]}).mappings().first()
     if last is None:
         raise Conflict(f"plan {plan['id']} has no edit to undo", field="plan")
-    cells = _cells(session, plan["id"], lock=True)
-    for c in last["after"]:
-        if c in cells and cells[c]["version"] > last["seq"]:
-            raise Conflict(f"cell {c} changed after edit {last['seq']}; undo the later edits first", field="plan")
+    # every later edit is undone already, so the cells are as ``last`` left them
     seq = plan["seq"] + 1
     session.execute(text("DELETE FROM plan_cell WHERE plan_id = :p AND code = ANY(:c)"),
                     {"p": plan["id"], "c": list(last["after"])})
@@ -722,8 +724,9 @@ def diff(session: Session, principal: authz.Principal, plan_id) -> dict:
     from gisgrid.layers.incidents import OPEN_STATES
 
     plan = _plan_row(session, principal, plan_id)
-    comms = list(_communities(session, plan["scope_code"]))
-    scope_wkb = shapely.to_wkb(shapely.union_all([c["geom"] for c in _communities(session, plan["scope_code"]).values()]))
+    areas = _communities(session, plan["scope_code"])
+    comms = list(areas)
+    scope_wkb = shapely.to_wkb(shapely.union_all([c["geom"] for c in areas.values()]))
     base = _current_ids(session, comms)
     params = {"p": plan["id"], "scope": scope_wkb, "base": base, "open": list(OPEN_STATES)}
     layers = {}
@@ -739,6 +742,7 @@ def diff(session: Session, principal: authz.Principal, plan_id) -> dict:
         "SELECT g.code, a.role, count(*) FROM grid_assignment a JOIN grid g ON g.id = a.grid_id "
         "WHERE a.valid_to IS NULL AND g.id = ANY(:base) GROUP BY g.code, a.role ORDER BY g.code, a.role"),
         {"base": base}).all()
+    old_codes = set(session.execute(text("SELECT code FROM grid WHERE id = ANY(:b)"), {"b": base}).scalars())
     kept = [{"grid": c, "role": r, "n": n} for c, r, n in staff if c in new_codes]
     ended = [{"grid": c, "role": r, "n": n} for c, r, n in staff if c not in new_codes]
     changed = session.execute(text(
@@ -753,9 +757,8 @@ def diff(session: Session, principal: authz.Principal, plan_id) -> dict:
     return {"plan": plan["id"], "layers": layers,
             "staff_assignments": {"kept": sum(k["n"] for k in kept), "ended": sum(e["n"] for e in ended),
                                   "kept_by_grid": kept, "ended_by_grid": ended},
-            "grids": {"current": len(base), "planned": len(new_codes),
-                      "new_codes": sorted(new_codes - set(session.execute(text(
-                          "SELECT code FROM grid WHERE id = ANY(:b)"), {"b": base}).scalars())))},
+            "grids": {"current": len(base), "planned": len(new_codes), "new_codes": sorted(new_codes - old_codes),
+                      "dropped_codes": sorted(old_codes - new_codes)},
             "changed_areas": {"type": "FeatureCollection", "features": features}}
 
 
