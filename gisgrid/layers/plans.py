@@ -139,7 +139,7 @@ def list_plans(session: Session, principal: authz.Principal, state: str | None =
     if state is not None and state not in STATES:
         raise InvalidInput(f"state must be one of {', '.join(STATES)}, got {state!r}", field="state")
     rows = session.execute(text(
-        f"SELECT {', '.join(_PLAN_COLS)} FROM grid_plan WHERE (:state IS NULL OR state = :state) ORDER BY id DESC"),
+        f"SELECT {', '.join(_PLAN_COLS)} FROM grid_plan WHERE (CAST(:state AS text) IS NULL OR state = :state) ORDER BY id DESC"),
         {"state": state}).mappings()
     return [_plain(dict(r)) for r in rows if authz.covers(principal, _scope_record(r["scope_code"]))]
 
@@ -314,8 +314,9 @@ def _layout(scope: _Scope, cells: dict[str, dict], target: float, tolerance: flo
     from gisgrid.spatial.coverage import Layout
 
     codes = sorted(cells)
+    stored = np.asarray([cells[c]["geom"] for c in codes], dtype=object)
     return Layout(codes=codes, communities=[cells[c]["community_code"] for c in codes],
-                  cells=scope.to_metric([cells[c]["geom"] for c in codes]),
+                  cells=scope.to_metric(stored), topology_cells=stored, to_metric=scope.to_metric,
                   areas={k: scope.area_metric(k) for k in scope.communities},
                   building_points=scope.points, households=scope.households, major_roads=scope.major_roads,
                   target=target, tolerance=tolerance)

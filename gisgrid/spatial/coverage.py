@@ -55,6 +55,11 @@ class Layout:
     building_points: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
     households: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     major_roads: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    #: the cells in the CRS they are stored in, where coverage topology is judged (a
+    #: reprojection may move shared vertices apart by nanometres); default: ``cells``
+    topology_cells: np.ndarray | None = None
+    #: reprojects geometries from the storage CRS to the metric one (for edge lengths)
+    to_metric: object = None
     target: float = 250
     tolerance: float = 0.10
     min_area: float = 1.0             # m²: smaller gaps/overlaps are rounding noise
@@ -116,11 +121,13 @@ def invalid_edges(lay: Layout) -> list[Problem]:
     comms = np.asarray(lay.communities)
     for code in sorted(set(lay.communities)):
         idx = np.flatnonzero(comms == code)
-        cells = lay.cells[idx]
-        polys = shapely.get_parts(cells)  # coverage functions want polygons
-        if shapely.coverage_is_valid(polys):
+        topo = lay.cells if lay.topology_cells is None else lay.topology_cells
+        cells = topo[idx]
+        if shapely.coverage_is_valid(cells):
             continue
         edges = shapely.coverage_invalid_edges(cells)
+        if lay.to_metric is not None:
+            edges = lay.to_metric(edges)
         for i, e in zip(idx, edges):
             if e is not None and not e.is_empty and e.length >= math.sqrt(lay.min_area):
                 out.append(Problem("invalid_edge", [lay.codes[i]],

@@ -465,7 +465,8 @@ def propose(scope, points, households, roads=(), major_roads=(), *, target: floa
     geoms = np.empty(n_parts, dtype=object)
     for q in range(n_parts):
         geoms[q] = shapely.union_all(cells[ulabels == q])
-    geoms = _attach_empty_blocks(geoms, blk[empty])
+    block_part = _attach_empty_blocks(geoms, blk[empty])
+    geoms = coverage_of(scope, np.concatenate([cells, blk[empty]]), np.concatenate([ulabels, block_part]), n_parts)
     part_pop = np.bincount(ulabels, weights=upop, minlength=n_parts).astype(np.int64)
     lo, hi = target * (1 - tolerance), target * (1 + tolerance)
     exceptions = []
@@ -494,24 +495,45 @@ def _superblock_of(scope, major_roads, blk: np.ndarray) -> np.ndarray:
 
 
 def _attach_empty_blocks(geoms: np.ndarray, empty: np.ndarray) -> np.ndarray:
-    """Blocks holding no building join the part they share the longest border with."""
+    """The part each block holding no building joins: the one it shares the longest border
+    with (blocks may join through other empty blocks), else the nearest."""
     geoms = geoms.copy()
-    pending = list(empty)
-    for _ in range(len(pending) + 1):
-        if not pending:
+    out = np.full(len(empty), -1)
+    for _ in range(len(empty) + 1):
+        pending = np.flatnonzero(out < 0)
+        if not len(pending):
             break
-        left = []
+        progress = False
         for b in pending:
-            shared = shapely.length(shapely.intersection(shapely.boundary(geoms), b.boundary))
+            shared = shapely.length(shapely.intersection(shapely.boundary(geoms), empty[b].boundary))
             if shared.max() > 0.01:
-                q = int(np.argmax(shared))
-                geoms[q] = shapely.union(geoms[q], b)
-            else:
-                left.append(b)
-        if len(left) == len(pending):    # touching nothing: the nearest part
-            for b in left:
-                q = int(np.argmin(shapely.distance(geoms, b)))
-                geoms[q] = shapely.union(geoms[q], b)
-            left = []
-        pending = left
-    return geoms
+                out[b] = int(np.argmax(shared))
+                geoms[out[b]] = shapely.union(geoms[out[b]], empty[b])
+                progress = True
+        if not progress:             # touching nothing: the nearest part
+            for b in pending:
+                out[b] = int(np.argmin(shapely.distance(geoms, empty[b])))
+            break
+    return out
+
+
+def coverage_of(scope, pieces: np.ndarray, labels: np.ndarray, n_parts: int, grid_size: float = 0.001) -> np.ndarray:
+    """Part polygons that form an exact coverage: the pieces' edges are noded together (on a
+    ``grid_size`` grid), cut into faces, each face takes the label of the piece holding it, and
+    the faces of a part are dissolved. Neighbouring parts then share the very same vertices,
+    as GEOS coverage validity (and a later dissolve) requires."""
+    lines = shapely.union_all(np.concatenate([shapely.boundary(pieces), [scope.boundary]]), grid_size=grid_size)
+    faces = shapely.get_parts(shapely.polygonize(shapely.get_parts(lines)))
+    inside = shapely.point_on_surface(faces)
+    faces = faces[shapely.intersects(scope, inside)]
+    inside = shapely.point_on_surface(faces)
+    fi, pi = shapely.STRtree(pieces).query(inside, predicate="intersects")
+    face_label = np.full(len(faces), -1)
+    face_label[fi[::-1]] = labels[pi[::-1]]          # the first piece holding the face wins
+    lost = np.flatnonzero(face_label < 0)
+    if len(lost):
+        face_label[lost] = labels[shapely.STRtree(pieces).nearest(inside[lost])]
+    out = np.empty(n_parts, dtype=object)
+    for q in range(n_parts):
+        out[q] = shapely.union_all(faces[face_label == q], grid_size=grid_size)
+    return out
