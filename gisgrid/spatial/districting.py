@@ -133,7 +133,8 @@ def adjacency(cells: np.ndarray, points: np.ndarray, crossing: np.ndarray) -> nx
     a, b = a[keep], b[keep]
     dist = np.maximum(shapely.distance(points[a], points[b]), 0.01)
     g = nx.Graph()
-    g.add_nodes_from(range(len(cells)))
+    xy = shapely.get_coordinates(points)
+    g.add_nodes_from((i, {"pos": (float(x), float(y))}) for i, (x, y) in enumerate(xy))
     g.add_weighted_edges_from(zip(a.tolist(), b.tolist(), (dist * crossing(a, b)).tolist()))
     return g
 
@@ -171,10 +172,11 @@ def _spanning_tree(n: int, rows: np.ndarray, cols: np.ndarray, w: np.ndarray) ->
 
 
 def _tree_cut(edges, n_all: int, nodes: np.ndarray, pop: np.ndarray, k: int, rng: np.random.Generator,
-              attempts: int, good: float) -> tuple[np.ndarray, int]:
+              attempts: int, good: float, xy: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Best (side, j): a subtree ``side`` of a spanning tree of ``nodes`` holding closest to
-    ``j/k`` of their households; stops drawing trees once a cut is off by less than ``good``
-    of a part."""
+    ``j/k`` of their households; among cuts off by less than ``good`` of a part, the one whose
+    two sides spread least around their centres (``xy``) and near the middle of the tree; stops
+    drawing trees once it has such a cut."""
     ea, eb, w = edges
     local = np.full(n_all, -1)
     local[nodes] = np.arange(len(nodes))
@@ -183,11 +185,15 @@ def _tree_cut(edges, n_all: int, nodes: np.ndarray, pop: np.ndarray, k: int, rng
     n = len(nodes)
     p = pop[nodes].astype(float).tolist()
     total = float(sum(p))
+    # centred coordinates for the spread of each side (a compactness measure of a cut)
+    c = xy[nodes] - xy[nodes].mean(axis=0) if xy is not None else np.zeros((n, 2))
+    cx, cy, cr = c[:, 0].tolist(), c[:, 1].tolist(), (c ** 2).sum(axis=1).tolist()
+    tot_x, tot_y, tot_r = sum(cx), sum(cy), sum(cr)
     best = (np.inf, None, 1)
     for attempt in range(attempts):
         ww = w if attempt == 0 else w * rng.uniform(0.5, 1.5, len(w))
         adj = _spanning_tree(n, rows, cols, ww)
-        # depth-first order from node 0 with parents, then subtree households bottom-up
+        # depth-first order from node 0 with parents, then subtree sums bottom-up
         order, parent, seen = [0], [-1] * n, [False] * n
         seen[0] = True
         stack = [0]
@@ -199,15 +205,29 @@ def _tree_cut(edges, n_all: int, nodes: np.ndarray, pop: np.ndarray, k: int, rng
                     parent[v] = u
                     order.append(v)
                     stack.append(v)
-        sub = p[:]
+        sub, sn, sx, sy, sr = p[:], [1.0] * n, cx[:], cy[:], cr[:]
         for v in reversed(order[1:]):
-            sub[parent[v]] += sub[v]
+            u = parent[v]
+            sub[u] += sub[v]
+            sn[u] += sn[v]
+            sx[u] += sx[v]
+            sy[u] += sy[v]
+            sr[u] += sr[v]
         cand = np.asarray(order[1:])
         share = (np.asarray(sub)[cand] * k / total) if total > 0 else np.arange(1, n) * k / n
         j = np.clip(np.rint(share), 1, k - 1)
         err = np.abs(share - j)
-        # prefer cuts near the middle (shallower recursion) on near-ties
-        score = err + 1e-3 * np.abs(j - k / 2) / k
+        # spread of both sides (moment of inertia / count², i.e. relative to a disc of the
+        # same number of points): lower is more compact
+        a_n, a_x, a_y, a_r = (np.asarray(v)[cand] for v in (sn, sx, sy, sr))
+        b_n, b_x, b_y, b_r = n - a_n, tot_x - a_x, tot_y - a_y, tot_r - a_r
+        spread = ((a_r - (a_x ** 2 + a_y ** 2) / a_n) / a_n ** 2 * j
+                  + (b_r - (b_x ** 2 + b_y ** 2) / np.maximum(b_n, 1)) / np.maximum(b_n, 1) ** 2 * (k - j)) / k
+        spread = spread / (spread.max() + 1e-12)
+        # balance first; among cuts within ``good``, the most compact
+        # (cuts far from the middle make the recursion deep, and slow: they pay for it)
+        score = (np.where(err < good, 0.0, err) + good * spread
+                 + 2 * good * np.maximum(0.0, np.abs(j - k / 2) - k / 4) / k)
         i = int(np.argmin(score))
         if score[i] < best[0]:
             best = (score[i], (order, parent, int(cand[i])), int(j[i]))
@@ -226,12 +246,15 @@ def tree_partition(g: nx.Graph, nodes, pop: np.ndarray, k: int, rng: np.random.G
                    attempts: int = 8, edges=None, good: float = 0.05) -> list[np.ndarray]:
     """``nodes`` (connected in ``g``) cut into ``k`` connected parts of balanced households
     (a cut off by less than ``good`` of a part's households is taken at once)."""
-    edges = _edge_arrays(g) if edges is None else edges
+    if edges is None:
+        pos = nx.get_node_attributes(g, "pos")
+        xy = np.asarray([pos[u] for u in range(g.number_of_nodes())]) if len(pos) == g.number_of_nodes() else None
+        edges = (*_edge_arrays(g), xy)
     nodes = np.asarray(sorted(nodes), dtype=np.int64)
     if k <= 1 or len(nodes) <= 1:
         return [nodes]
     k = min(k, len(nodes))
-    side, j = _tree_cut(edges, g.number_of_nodes(), nodes, pop, k, rng, attempts, good)
+    side, j = _tree_cut(edges[:3], g.number_of_nodes(), nodes, pop, k, rng, attempts, good, edges[3])
     rest = np.setdiff1d(nodes, side)
     return (tree_partition(g, side, pop, j, rng, attempts, edges, good)
             + tree_partition(g, rest, pop, k - j, rng, attempts, edges, good))
