@@ -78,7 +78,8 @@ MATRIX = {
     "POST /open311/v2/requests.<fmt>": "post",
     "GET,POST /open311/v2/<path:rest>": "public",        # a GeoReport 404 for anything else
     "GET /planner": "planner_page",
-    "GET,POST /api/plans": "plan",
+    "GET /api/plans": "plan",
+    "POST /api/plans": "post",
     "GET /api/plans/<int:plan_id>": "plan",
     "GET /api/plans/<int:plan_id>/check": "plan",
     "GET /api/plans/<int:plan_id>/diff": "plan",
@@ -128,7 +129,7 @@ def url_for(kind, w) -> str:
             "o311_services": "/open311/v2/services.json", "o311_service": "/open311/v2/services/noise.xml",
             "o311_requests": f"/open311/v2/requests.json?service_request_id={w['incident']}",
             "o311_request": f"/open311/v2/requests/{w['incident']}.xml",
-            "stats": "/api/stats?level=grid", "field": "/field"}[kind]
+            "stats": "/api/stats?level=grid", "field": "/field", "planner_page": "/planner"}[kind]
 
 
 @pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post", "plan", "planner_page"}))
