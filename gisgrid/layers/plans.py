@@ -763,9 +763,20 @@ def diff(session: Session, principal: authz.Principal, plan_id) -> dict:
             "changed_areas": {"type": "FeatureCollection", "features": features}}
 
 
-def _current_ids(session: Session, comms: list[str]) -> list[int]:
+def _current_ids(session: Session, comms: list[str], *, lock: bool = False) -> list[int]:
     return list(session.execute(text(
-        "SELECT id FROM grid WHERE valid_to IS NULL AND community_code = ANY(:c) ORDER BY id"), {"c": comms}).scalars())
+        "SELECT id FROM grid WHERE valid_to IS NULL AND community_code = ANY(:c) ORDER BY id"
+        + (" FOR UPDATE" if lock else "")), {"c": list(comms)}).scalars())
+
+
+def _locked_scope(session: Session, principal: authz.Principal, plan_id, action: str):
+    """(plan, communities, current grid ids) with the plan's row and the scope's current grids
+    locked, so two publishes (or rollbacks) of one scope run one after the other."""
+    authz.require(principal, "plan")
+    plan = _plan_row(session, principal, plan_id, lock=True)
+    _allowed(plan, action)
+    comms = _communities(session, plan["scope_code"])
+    return plan, comms, _current_ids(session, list(comms), lock=True)
 
 
 def publish(session: Session, principal: authz.Principal, plan_id) -> dict:
@@ -775,14 +786,7 @@ def publish(session: Session, principal: authz.Principal, plan_id) -> dict:
     scope's current grids changed since the plan was made. The caller commits; any failure
     before that leaves everything as it was.
     """
-    authz.require(principal, "plan")
-    plan = _plan_row(session, principal, plan_id, lock=True)
-    _allowed(plan, "publish")
-    comms = _communities(session, plan["scope_code"])
-    # serialise publishes of one scope: lock the scope's current grids
-    base = list(session.execute(text(
-        "SELECT id FROM grid WHERE valid_to IS NULL AND community_code = ANY(:c) ORDER BY id FOR UPDATE"),
-        {"c": list(comms)}).scalars())
+    plan, comms, base = _locked_scope(session, principal, plan_id, "publish")
     if sorted(base) != sorted(plan["base_grid_ids"] or []):
         raise Conflict(f"the current grids of {plan['scope_code']} changed since plan {plan['id']} was made "
                        "(another plan was published): start a new plan", field="plan")
@@ -807,13 +811,7 @@ def publish(session: Session, principal: authz.Principal, plan_id) -> dict:
 def rollback(session: Session, principal: authz.Principal, plan_id) -> dict:
     """Put back the grids a published plan replaced (as new current rows with the same codes
     and shapes; the plan's grids keep their history), re-linking and carrying staff the same way."""
-    authz.require(principal, "plan")
-    plan = _plan_row(session, principal, plan_id, lock=True)
-    _allowed(plan, "rollback")
-    comms = _communities(session, plan["scope_code"])
-    current = list(session.execute(text(
-        "SELECT id FROM grid WHERE valid_to IS NULL AND community_code = ANY(:c) ORDER BY id FOR UPDATE"),
-        {"c": list(comms)}).scalars())
+    plan, comms, current = _locked_scope(session, principal, plan_id, "rollback")
     mine = set(session.execute(text("SELECT id FROM grid WHERE plan_id = :p AND valid_to IS NULL"),
                                {"p": plan["id"]}).scalars())
     if set(current) != mine:
