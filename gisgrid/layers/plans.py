@@ -478,7 +478,7 @@ def edit(session: Session, principal: authz.Principal, plan_id, op: str, body: d
             raise InvalidInput(f"cells {codes} lie in different communities {sorted(comms)}: a grid stays inside "
                                "one community", field="codes")
         keep = min(codes)
-        merged = scope.to_storage([shapely.union_all(scope.to_metric([cells[c]["geom"] for c in codes]))])[0]
+        merged = shapely.union_all([cells[c]["geom"] for c in codes])     # in lon/lat: vertices stay put
         after = {keep: (cells[keep]["community_code"], merged)}
     elif op == "replace":
         after = {code: (cells[code]["community_code"], _polygonal(body.get("geometry")))}
@@ -495,39 +495,39 @@ def edit(session: Session, principal: authz.Principal, plan_id, op: str, body: d
 
 def _reshape(scope: _Scope, cells: dict, code: str, new_geom) -> tuple[dict, set[str]]:
     """New shape for ``code``; neighbours lose what it covers now; the area it gave up goes to
-    the same-community neighbour with the longest shared edge. Returns (after, neighbours touched)."""
+    the same-community neighbour with the longest shared edge. Returns (after, neighbours touched).
+
+    The set operations run on the stored lon/lat geometry, so the edges they leave are exactly
+    the neighbours' (a round trip through the metric CRS would move vertices by nanometres and
+    break the coverage); only the areas are measured in metres."""
     comm = cells[code]["community_code"]
     others = sorted(c for c in cells if c != code)
-    m_new = scope.to_metric([new_geom])[0].intersection(scope.area_metric(comm))
-    m_old = scope.to_metric([cells[code]["geom"]])[0]
-    m_others = dict(zip(others, scope.to_metric([cells[c]["geom"] for c in others])))
-    after, touched = {code: m_new}, set()
-    for c, g in m_others.items():
-        if g.intersects(m_new) and g.intersection(m_new).area > 1e-3:
-            rest = g.difference(m_new)
-            if rest.area < 1.0:
+    area_m2 = lambda g: float(scope.to_metric([g])[0].area) if not g.is_empty else 0.0  # noqa: E731
+    new = shapely.intersection(new_geom, scope.communities[comm]["geom"])
+    after, touched = {code: new}, set()
+    for c in others:
+        g = cells[c]["geom"]
+        if g.intersects(new) and area_m2(g.intersection(new)) > 1e-3:
+            rest = g.difference(new)
+            if area_m2(rest) < 1.0:
                 raise InvalidGeometry(f"the new shape of {code} would swallow cell {c} whole: merge them instead",
                                       field="geometry")
             after[c] = rest
             touched.add(c)
-    released = m_old.difference(m_new)
-    for piece in shapely.get_parts(released):
-        if piece.area < 1e-3:
+    for piece in shapely.get_parts(cells[code]["geom"].difference(new)):
+        if area_m2(piece) < 1e-3:
             continue
         best, best_len = None, 0.0
         for c in others:
             if cells[c]["community_code"] != comm:
                 continue
-            g = after.get(c, m_others[c])
-            shared = g.boundary.intersection(piece.boundary).length
+            shared = after.get(c, cells[c]["geom"]).boundary.intersection(piece.boundary).length
             if shared > best_len:
                 best, best_len = c, shared
         if best is not None:
-            after[best] = shapely.union(after.get(best, m_others[best]), piece)
+            after[best] = shapely.union(after.get(best, cells[best]["geom"]), piece)
             touched.add(best)
-    keys = sorted(after)
-    back = scope.to_storage([after[c] for c in keys])
-    return {c: (cells[c]["community_code"], g) for c, g in zip(keys, back)}, touched
+    return {c: (cells[c]["community_code"], g) for c, g in sorted(after.items())}, touched
 
 
 def _split(session: Session, plan: dict, cells: dict, code: str, line_json) -> dict:
