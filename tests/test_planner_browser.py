@@ -10,7 +10,25 @@ from test_browser import ARGS, ARTIFACTS, CHROMIUM, login, server  # noqa: F401 
 pytestmark = pytest.mark.browser
 
 
-def test_edit_a_cell_and_see_the_check_update(server, demo_passwords):  # noqa: F811
+@pytest.fixture
+def planner_login(demo_url):
+    """A planner account of its own (other tests re-run `gisgrid demo`, which may reset the demo
+    accounts' passwords)."""
+    from sqlalchemy import text
+
+    from gisgrid.db.engine import make_engine, make_sessionmaker
+    from gisgrid.layers import users
+
+    eng = make_engine(demo_url)
+    with make_sessionmaker(eng).begin() as s:
+        district = s.execute(text("SELECT code FROM admin_area WHERE level = 'district' ORDER BY code LIMIT 1")).scalar()
+        if s.execute(text("SELECT 1 FROM app_user WHERE username = 'browserplanner'")).scalar() is None:
+            users.add(s, "browserplanner", "planner", [district], "browserplanner-password")
+    eng.dispose()
+    return "browserplanner", "browserplanner-password"
+
+
+def test_edit_a_cell_and_see_the_check_update(server, planner_login):  # noqa: F811
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -19,7 +37,7 @@ def test_edit_a_cell_and_see_the_check_update(server, demo_passwords):  # noqa: 
         page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(server)
                    else (outside.append(r.request.url), r.abort()))
         page.on("pageerror", lambda e: errors.append(str(e)))
-        login(page, server, "planner", demo_passwords["planner"])
+        login(page, server, *planner_login)
         page.goto(server + "planner", wait_until="networkidle")
         expect(page.locator("h1")).to_have_text("网格调整")
         page.click("#new-plan")
