@@ -17,9 +17,9 @@ OPERATIONS = ["GET /api/me", "GET /api/locate", "GET /api/grids", "GET /api/admi
               "GET /api/residents", "GET /api/residents/{code}", "GET /api/categories", "GET /api/incidents",
               "POST /api/incidents", "GET /api/incidents/{code}", "POST /api/incidents/{code}/actions/{action}",
               "POST /api/incidents/{code}/merge", "POST /api/incidents/{code}/photos", "GET /api/photos/{sha256}",
-              "GET /api/stats", "GET /api/plans", "POST /api/plans", "GET /api/plans/{plan_id}",
-              "GET /api/plans/{plan_id}/check", "POST /api/plans/{plan_id}/edits", "POST /api/plans/{plan_id}/undo",
-              "POST /api/plans/{plan_id}/propose", "GET /api/plans/{plan_id}/diff",
+              "GET /api/stats", "PUT /api/categories/{code}", "GET /api/plans", "POST /api/plans",
+              "GET /api/plans/{plan_id}", "GET /api/plans/{plan_id}/check", "POST /api/plans/{plan_id}/edits",
+              "POST /api/plans/{plan_id}/undo", "POST /api/plans/{plan_id}/propose", "GET /api/plans/{plan_id}/diff",
               "POST /api/plans/{plan_id}/actions/{action}"]
 
 

@@ -180,7 +180,7 @@ def test_publish_relinks_carries_staff_and_hands_over_incidents_then_rollback(wo
     assert out["incidents_handed_over"] == 1
     assert [c for c, _ in current_grids(s)] == [G1C]
     assert s.execute(text("SELECT count(*) FROM grid WHERE valid_to IS NOT NULL")).scalar() == 2  # history kept
-    assert s.execute(text("SELECT grid_code FROM building WHERE code = 'B2'")).scalar() == G1C
+    assert s.execute(text("SELECT l.grid_code FROM building b JOIN building_link l ON l.id = b.id WHERE b.code = 'B2'")).scalar() == G1C
     assert s.execute(text("SELECT s.code FROM incident i JOIN staff s ON s.id = i.assignee_id "
                           "WHERE i.code = 'E2'")).scalar() == "H1"
     assert s.execute(text("SELECT note FROM incident_event e JOIN incident i ON i.id = e.incident_id "
@@ -193,7 +193,7 @@ def test_publish_relinks_carries_staff_and_hands_over_incidents_then_rollback(wo
     back = plans.rollback(s, ADMIN, pid)
     assert back["state"] == "rolled_back" and back["grids"] == 2
     assert current_grids(s) == before
-    assert s.execute(text("SELECT grid_code FROM building WHERE code = 'B2'")).scalar() == G2C
+    assert s.execute(text("SELECT l.grid_code FROM building b JOIN building_link l ON l.id = b.id WHERE b.code = 'B2'")).scalar() == G2C
 
 
 def test_publish_refuses_errors_and_stale_bases(world):
@@ -218,7 +218,7 @@ def test_a_publish_that_fails_half_way_changes_nothing(world):
     s = world
     pid = _merged_plan(s)
     grids_before = current_grids(s)
-    links_before = s.execute(text("SELECT code, grid_id FROM building ORDER BY code")).all()
+    links_before = s.execute(text("SELECT b.code, l.grid_id FROM building b LEFT JOIN building_link l ON l.id = b.id ORDER BY b.code")).all()
     s.execute(text("CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS "
                    "$$ BEGIN RAISE EXCEPTION 'disk full (test)'; END $$"))
     s.execute(text("CREATE TRIGGER refuse BEFORE INSERT ON grid_assignment FOR EACH ROW "
@@ -228,7 +228,7 @@ def test_a_publish_that_fails_half_way_changes_nothing(world):
         with s.begin_nested():
             plans.publish(s, ADMIN, pid)
     assert current_grids(s) == grids_before
-    assert s.execute(text("SELECT code, grid_id FROM building ORDER BY code")).all() == links_before
+    assert s.execute(text("SELECT b.code, l.grid_id FROM building b LEFT JOIN building_link l ON l.id = b.id ORDER BY b.code")).all() == links_before
     assert s.execute(text("SELECT state FROM grid_plan WHERE id = :p"), {"p": pid}).scalar() == "review"
 
 

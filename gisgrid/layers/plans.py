@@ -183,8 +183,8 @@ def _communities(session: Session, scope_code: str) -> dict[str, dict]:
 
 #: the link columns a plan reads (one place, for when links move to narrow tables)
 _BUILDINGS_SQL = (
-    "SELECT b.id, b.households, b.grid_code, ST_X(b.anchor) AS x, ST_Y(b.anchor) AS y FROM building b "
-    "WHERE ST_Intersects(b.anchor, ST_GeomFromWKB(:scope, 4326)) ORDER BY b.id")
+    "SELECT b.id, b.households, l.grid_code, ST_X(b.anchor) AS x, ST_Y(b.anchor) AS y FROM building b "
+    + linking.join_sql("building", "b") + " WHERE ST_Intersects(b.anchor, ST_GeomFromWKB(:scope, 4326)) ORDER BY b.id")
 _MAJOR_ROADS_SQL = (
     "SELECT ST_AsBinary(ST_Intersection(geom, ST_GeomFromWKB(:scope, 4326))) FROM road "
     "WHERE kind = ANY(:kinds) AND ST_Intersects(geom, ST_GeomFromWKB(:scope, 4326))")
@@ -688,32 +688,22 @@ def _allowed(plan: dict, action: str) -> None:
 # -- diff and publish -------------------------------------------------------------------------
 #: which cell of the plan holds each record's anchor (the linking rule: lowest code on an edge),
 #: against the record's current grid code. The link columns a diff reads are all here.
+def _diff_sql(layer: str, alias: str, anchor: str, extra: str = "", joins: str = "", n: str = "1") -> str:
+    return (f"SELECT {alias}.id, l.grid_code AS old, c.code AS new, {n} AS n FROM {layer} {alias} "
+            + linking.join_sql(layer, alias) + f" {joins}"
+            "LEFT JOIN LATERAL (SELECT code FROM plan_cell WHERE plan_id = :p "
+            f"AND ST_Intersects(geom, {anchor}) ORDER BY code LIMIT 1) c ON true "
+            f"WHERE {extra}(ST_Intersects({anchor}, ST_GeomFromWKB(:scope, 4326)) OR l.grid_id = ANY(:base)) "
+            "AND l.grid_code IS DISTINCT FROM c.code")
+
+
 _DIFF_SQL = {
-    "building": ("SELECT b.id, b.grid_code AS old, c.code AS new, b.households AS n FROM building b "
-                 "LEFT JOIN LATERAL (SELECT code FROM plan_cell WHERE plan_id = :p AND ST_Intersects(geom, b.anchor) "
-                 "ORDER BY code LIMIT 1) c ON true "
-                 "WHERE (ST_Intersects(b.anchor, ST_GeomFromWKB(:scope, 4326)) OR b.grid_id = ANY(:base)) "
-                 "AND b.grid_code IS DISTINCT FROM c.code"),
-    "resident": ("SELECT r.id, r.grid_code AS old, c.code AS new, 1 AS n FROM resident r "
-                 "LEFT JOIN building b ON b.id = r.building_id "
-                 "LEFT JOIN LATERAL (SELECT code FROM plan_cell WHERE plan_id = :p "
-                 "AND ST_Intersects(geom, coalesce(b.anchor, r.geom)) ORDER BY code LIMIT 1) c ON true "
-                 "WHERE (ST_Intersects(coalesce(b.anchor, r.geom), ST_GeomFromWKB(:scope, 4326)) "
-                 "OR r.grid_id = ANY(:base)) AND r.grid_code IS DISTINCT FROM c.code"),
-    "open_incident": ("SELECT i.id, i.grid_code AS old, c.code AS new, 1 AS n FROM incident i "
-                      "LEFT JOIN LATERAL (SELECT code FROM plan_cell WHERE plan_id = :p "
-                      "AND ST_Intersects(geom, i.geom) ORDER BY code LIMIT 1) c ON true "
-                      "WHERE i.state = ANY(:open) AND (ST_Intersects(i.geom, ST_GeomFromWKB(:scope, 4326)) "
-                      "OR i.grid_id = ANY(:base)) AND i.grid_code IS DISTINCT FROM c.code"),
-    "place": ("SELECT x.id, x.grid_code AS old, c.code AS new, 1 AS n FROM place x "
-              "LEFT JOIN LATERAL (SELECT code FROM plan_cell WHERE plan_id = :p AND ST_Intersects(geom, x.geom) "
-              "ORDER BY code LIMIT 1) c ON true WHERE (ST_Intersects(x.geom, ST_GeomFromWKB(:scope, 4326)) "
-              "OR x.grid_id = ANY(:base)) AND x.grid_code IS DISTINCT FROM c.code"),
-    "patrol_point": ("SELECT x.id, x.grid_code AS old, c.code AS new, 1 AS n FROM patrol_point x "
-                     "LEFT JOIN LATERAL (SELECT code FROM plan_cell WHERE plan_id = :p "
-                     "AND ST_Intersects(geom, x.geom) ORDER BY code LIMIT 1) c ON true "
-                     "WHERE (ST_Intersects(x.geom, ST_GeomFromWKB(:scope, 4326)) OR x.grid_id = ANY(:base)) "
-                     "AND x.grid_code IS DISTINCT FROM c.code"),
+    "building": _diff_sql("building", "b", "b.anchor", n="b.households"),
+    "resident": _diff_sql("resident", "r", "coalesce(b.anchor, r.geom)",
+                          joins="LEFT JOIN building b ON b.id = r.building_id "),
+    "open_incident": _diff_sql("incident", "i", "i.geom", extra="i.state = ANY(:open) AND "),
+    "place": _diff_sql("place", "x", "x.geom"),
+    "patrol_point": _diff_sql("patrol_point", "x", "x.geom"),
 }
 
 
@@ -863,16 +853,14 @@ def _activate(session: Session, actor: str, plan: dict | None, comms: dict, reti
 
 #: the records of a scope to re-link: inside its area or linked to a retired grid
 _SCOPE_IDS_SQL = {
-    "building": "SELECT id FROM building WHERE ST_Intersects(anchor, ST_GeomFromWKB(:scope, 4326)) OR grid_id = ANY(:r)",
-    "place": "SELECT id FROM place WHERE ST_Intersects(geom, ST_GeomFromWKB(:scope, 4326)) OR grid_id = ANY(:r)",
-    "patrol_point": "SELECT id FROM patrol_point WHERE ST_Intersects(geom, ST_GeomFromWKB(:scope, 4326)) "
-                    "OR grid_id = ANY(:r)",
-    "patrol_route": "SELECT id FROM patrol_route WHERE ST_Intersects(anchor, ST_GeomFromWKB(:scope, 4326)) "
-                    "OR grid_id = ANY(:r)",
-    "incident": "SELECT id FROM incident WHERE ST_Intersects(geom, ST_GeomFromWKB(:scope, 4326)) OR grid_id = ANY(:r)",
-    "resident": "SELECT r.id FROM resident r LEFT JOIN building b ON b.id = r.building_id "
-                "WHERE ST_Intersects(coalesce(b.anchor, r.geom), ST_GeomFromWKB(:scope, 4326)) OR r.grid_id = ANY(:r)",
-}
+    t: (f"SELECT id FROM {t} WHERE ST_Intersects({col}, ST_GeomFromWKB(:scope, 4326)) "
+        f"UNION SELECT id FROM {t}_link WHERE grid_id = ANY(:r)")
+    for t, col in (("building", "anchor"), ("place", "geom"), ("patrol_point", "geom"),
+                      ("patrol_route", "anchor"), ("incident", "geom"))}
+_SCOPE_IDS_SQL["resident"] = (
+    "SELECT r.id FROM resident r LEFT JOIN building b ON b.id = r.building_id "
+    "WHERE ST_Intersects(coalesce(b.anchor, r.geom), ST_GeomFromWKB(:scope, 4326)) "
+    "UNION SELECT id FROM resident_link WHERE grid_id = ANY(:r)")
 
 
 def _relink_scope(session: Session, comms: dict, retire: list[int]) -> dict[str, int]:
@@ -889,13 +877,13 @@ def _relink_scope(session: Session, comms: dict, retire: list[int]) -> dict[str,
 #: open incidents whose assignee is no longer on their (new) grid's team: to the new grid's head
 _HANDOVER_SQL = (
     "UPDATE incident i SET assignee_id = h.staff_id, updated_at = :t FROM ("
-    "  SELECT i2.id, (SELECT a.staff_id FROM grid_assignment a WHERE a.grid_id = i2.grid_id AND a.role = 'head' "
+    "  SELECT i2.id, (SELECT a.staff_id FROM grid_assignment a WHERE a.grid_id = l.grid_id AND a.role = 'head' "
     "   AND a.valid_to IS NULL ORDER BY a.id LIMIT 1) AS staff_id "
-    "  FROM incident i2 WHERE i2.state = ANY(:open) AND i2.assignee_id IS NOT NULL "
-    "  AND i2.id IN (SELECT id FROM incident WHERE grid_id IS NOT NULL) "
+    "  FROM incident i2 " + linking.join_sql("incident", "i2") + " WHERE i2.state = ANY(:open) "
+    "  AND i2.assignee_id IS NOT NULL AND l.grid_id IS NOT NULL "
     "  AND EXISTS (SELECT 1 FROM grid_assignment o WHERE o.staff_id = i2.assignee_id AND o.grid_id = ANY(:r)) "
     "  AND NOT EXISTS (SELECT 1 FROM grid_assignment c WHERE c.staff_id = i2.assignee_id "
-    "   AND c.grid_id = i2.grid_id AND c.valid_to IS NULL)"
+    "   AND c.grid_id = l.grid_id AND c.valid_to IS NULL)"
     ") h WHERE i.id = h.id AND i.assignee_id IS DISTINCT FROM h.staff_id RETURNING i.id, i.state")
 
 

@@ -1,15 +1,15 @@
 """grid plans: plan parameters, edit sequence, edit history for undo, publish/rollback bookkeeping
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-23 02:40:00
 """
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-revision = '0004'
-down_revision = '0003'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
