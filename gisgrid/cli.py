@@ -624,6 +624,136 @@ def audit_cmd(actor, entity, action, since, until, limit, as_json):
                        + (f"\t{r.reason}" if r.reason else ""))
 
 
+# -- plans ------------------------------------------------------------------------------------
+@main.group()
+def plan():
+    """Grid plans: redraw a community's or street's grids, check, propose, publish (网格调整)."""
+
+
+def _cli_principal():
+    from gisgrid import authz
+
+    return authz.Principal(_actor(), "admin")
+
+
+def _plan_session(fn):
+    """Run ``fn(session, principal)`` in one transaction and print its answer as JSON."""
+    import json
+
+    with _session() as (engine, Session):
+        with Session.begin() as s:
+            out = fn(s, _cli_principal())
+    click.echo(json.dumps(out, ensure_ascii=False, indent=1, default=str))
+    return out
+
+
+def _brief(out: dict) -> dict:
+    """Cells and check features are long: the CLI prints counts, codes and problems' messages."""
+    out = dict(out)
+    if "cells" in out:
+        out["cells"] = [f["properties"] for f in out["cells"]]
+    if isinstance(out.get("check"), dict):
+        rep = dict(out["check"])
+        rep["problems"] = [f["properties"]["message"] for f in rep.pop("features")["features"]]
+        rep.pop("cells", None)
+        out["check"] = rep
+    return out
+
+
+@plan.command("create")
+@click.option("--scope", required=True, help="12-digit code of a community or a street")
+@click.option("--name")
+@click.option("--target", type=int, help="households per grid (default 250 urban, 150 rural)")
+@click.option("--tolerance", type=float, default=0.10, show_default=True)
+def plan_create(scope, name, target, tolerance):
+    """Start a draft plan as a copy of the scope's current grids."""
+    from gisgrid.layers import plans
+
+    _plan_session(lambda s, p: _brief(plans.create(s, p, scope, name, target=target, tolerance=tolerance)))
+
+
+@plan.command("list")
+@click.option("--state")
+def plan_list(state):
+    """Plans, newest first."""
+    from gisgrid.layers import plans
+
+    _plan_session(lambda s, p: plans.list_plans(s, p, state))
+
+
+@plan.command("propose")
+@click.option("--scope", help="start a new plan for this community or street")
+@click.option("--plan", "plan_id", type=int, help="or propose inside this draft plan")
+@click.option("--target", type=int, help="households per grid (default: the plan's)")
+@click.option("--tolerance", type=float, default=0.10, show_default=True)
+@click.option("--keep-current", is_flag=True, help="keep today's grids where possible (fewest households move)")
+@click.option("--seed", type=int, default=0, show_default=True)
+def plan_propose(scope, plan_id, target, tolerance, keep_current, seed):
+    """Propose contiguous grids of about TARGET households (buildings indivisible, roads as
+    barriers); prints the summary, every exception, and the checks."""
+    from gisgrid.errors import InvalidInput
+    from gisgrid.layers import plans
+
+    if (scope is None) == (plan_id is None):
+        raise InvalidInput("give either --scope CODE (a new plan) or --plan ID", field="scope")
+
+    def run_it(s, p):
+        pid = plan_id if plan_id is not None else plans.create(s, p, scope, target=target, tolerance=tolerance)["id"]
+        out = _brief(plans.propose(s, p, pid, target=target, tolerance=tolerance, keep_current=keep_current,
+                                   seed=seed))
+        return {"plan": pid, **out}
+    _plan_session(run_it)
+
+
+@plan.command("check")
+@click.argument("plan_id", type=int)
+def plan_check(plan_id):
+    """Run every check; exit 1 when a check finds an error."""
+    from gisgrid.layers import plans
+
+    out = _plan_session(lambda s, p: _brief({"check": plans.check(s, p, plan_id)})["check"])
+    if not out["ok"]:
+        sys.exit(1)
+
+
+@plan.command("diff")
+@click.argument("plan_id", type=int)
+def plan_diff(plan_id):
+    """What publishing would change (records, staff, areas)."""
+    from gisgrid.layers import plans
+
+    def run_it(s, p):
+        d = plans.diff(s, p, plan_id)
+        d["changed_areas"] = len(d["changed_areas"]["features"])
+        return d
+    _plan_session(run_it)
+
+
+@plan.command("undo")
+@click.argument("plan_id", type=int)
+def plan_undo(plan_id):
+    """Undo the plan's last edit."""
+    from gisgrid.layers import plans
+
+    _plan_session(lambda s, p: _brief(plans.undo(s, p, plan_id)))
+
+
+@plan.command("state")
+@click.argument("plan_id", type=int)
+@click.argument("action", type=click.Choice(["submit", "reopen", "discard", "publish", "rollback"]))
+def plan_state(plan_id, action):
+    """Move a plan: submit, reopen, discard, publish (one transaction), rollback."""
+    from gisgrid.layers import plans
+
+    def run_it(s, p):
+        if action == "publish":
+            return plans.publish(s, p, plan_id)
+        if action == "rollback":
+            return plans.rollback(s, p, plan_id)
+        return plans.transition(s, p, plan_id, action)
+    _plan_session(run_it)
+
+
 def run():
     import psycopg
     from sqlalchemy.exc import DBAPIError

@@ -43,7 +43,7 @@ from gisgrid.spatial.crs import STORAGE, gk_zone_for
 GEODATA = Path(__file__).resolve().parent.parent / "geodata"
 LAYER_TABLES = ("incident_event", "incident", "grid_assignment", "staff", "resident", "place", "patrol_checkin",
                 "patrol_schedule", "patrol_route_point", "patrol_route", "patrol_point", "building", "road",
-                "plan_cell", "grid", "grid_plan", "admin_area") + tuple(f"{t}_link" for t in linking.ORDER)
+                "plan_edit", "plan_cell", "grid", "grid_plan", "admin_area") + tuple(f"{t}_link" for t in linking.ORDER)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,16 @@ MATRIX = {
     "GET /api/patrol/compliance": "patrol_compliance",
     "GET /api/patrol/overdue": "patrol_overdue",
     "GET /api/patrol/stats": "patrol_stats",
+    "GET /planner": "planner_page",
+    "GET /api/plans": "plan",
+    "POST /api/plans": "post",
+    "GET /api/plans/<int:plan_id>": "plan",
+    "GET /api/plans/<int:plan_id>/check": "plan",
+    "GET /api/plans/<int:plan_id>/diff": "plan",
+    "POST /api/plans/<int:plan_id>/edits": "post",
+    "POST /api/plans/<int:plan_id>/undo": "post",
+    "POST /api/plans/<int:plan_id>/propose": "post",
+    "POST /api/plans/<int:plan_id>/actions/<action>": "post",
 }
 
 
@@ -142,8 +152,8 @@ def test_a_view_without_access_rule_is_refused(demo_url, settings):
 @pytest.mark.parametrize("route", sorted(r for r, k in MATRIX.items() if k != "public"))
 def test_anonymous_gets_nothing(anonymous, world, route):
     method, rule = route.split(" ")
-    url = url_for(MATRIX[route], world) if method == "GET" else rule.replace("<code>", world["incident"]).replace(
-        "<action>", "accept").replace("<int:sid>", "1")
+    url = url_for(MATRIX[route], world) if method == "GET" and MATRIX[route] != "plan" else rule.replace(
+        "<code>", world["incident"]).replace("<action>", "accept").replace("<int:sid>", "1").replace("<int:plan_id>", "1")
     r = anonymous.get(url) if method == "GET" else anonymous.open(url, method=method.split(",")[-1], json={})
     if url.startswith("/api/"):
         assert r.status_code == 401 and r.json["error"] == "Unauthenticated"
@@ -169,10 +179,11 @@ def url_for(kind, w) -> str:
             "patrol_checkins": "/api/patrol/checkins", "patrol_trail": f"/api/patrol/trail?worker=gridworker&day={w['day']}",
             "patrol_coverage": "/api/patrol/coverage?level=grid", "patrol_uncovered": "/api/patrol/uncovered?distance=20",
             "patrol_compliance": "/api/patrol/compliance?by=point", "patrol_overdue": "/api/patrol/overdue",
-            "patrol_stats": "/api/patrol/stats?level=grid"}[kind]
+            "patrol_stats": "/api/patrol/stats?level=grid",
+            "planner_page": "/planner"}[kind]
 
 
-@pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post"}))
+@pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post", "plan", "planner_page"}))
 def test_insider_sees_it_outsider_does_not(app, world, kind):
     inside, outside = login_as(app, "gridworker"), login_as(app, "outsider")
     url = url_for(kind, world)
@@ -188,6 +199,50 @@ def test_insider_sees_it_outsider_does_not(app, world, kind):
         assert ro.status_code == 404
     if kind.startswith("patrol_") and kind != "patrol_point":
         assert b"PPWORLD" not in ro.data
+
+
+def test_plans_only_for_planners_of_the_scope(app, world):
+    """A district planner plans its communities; a planner of another street sees none of its
+    plans (404) and may not start one there (403); roles without ``plan`` get 403."""
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        far = s.execute(text("SELECT street_code FROM admin_area WHERE level = 'street' AND code <> :s "
+                             "AND code IN (SELECT street_code FROM grid) ORDER BY code LIMIT 1"),
+                        {"s": world["community"][:9] + "000"}).scalar()
+        if s.execute(text("SELECT 1 FROM app_user WHERE username = 'farplanner'")).scalar() is None:
+            users.add(s, "farplanner", "planner", [far], "farplanner-password")
+            s.commit()
+    planner, far_planner = login_as(app, "planner"), login_as(app, "farplanner")
+    r = planner.post("/api/plans", json={"scope": world["community"], "name": "access test"},
+                     headers={"X-CSRFToken": _csrf(planner)})
+    assert r.status_code == 201, r.json
+    pid = r.json["id"]
+    try:
+        assert planner.get(f"/api/plans/{pid}").status_code == 200
+        assert pid in [p["id"] for p in planner.get("/api/plans").json]
+        for url in (f"/api/plans/{pid}", f"/api/plans/{pid}/check", f"/api/plans/{pid}/diff"):
+            ro = far_planner.get(url)
+            assert ro.status_code == 404 and world["grid"].encode() not in ro.data
+        assert pid not in [p["id"] for p in far_planner.get("/api/plans").json]
+        r = far_planner.post("/api/plans", json={"scope": world["community"]}, headers={"X-CSRFToken": _csrf(far_planner)})
+        assert r.status_code == 403
+        r = far_planner.post(f"/api/plans/{pid}/actions/discard", headers={"X-CSRFToken": _csrf(far_planner)})
+        assert r.status_code == 404
+        for who in ("gridworker", "viewer", "commander"):
+            assert login_as(app, who).get(f"/api/plans/{pid}").status_code == 403
+        assert login_as(app, "gridworker").get("/planner").status_code == 403
+    finally:
+        r = planner.post(f"/api/plans/{pid}/actions/discard", headers={"X-CSRFToken": _csrf(planner)})
+        assert r.status_code == 200 and r.json["state"] == "discarded"
+
+
+def _csrf(client) -> str:
+    import re as _re
+
+    html = client.get("/planner").data.decode()
+    m = _re.search(r'name="csrf-token" content="([^"]+)"', html)
+    if m:
+        return m.group(1)
+    return _re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").data.decode()).group(1)
 
 
 def test_lists_hold_only_the_jurisdiction(app, world):

@@ -24,7 +24,11 @@ OPERATIONS = ["GET /api/me", "GET /api/locate", "GET /api/grids", "GET /api/admi
               "GET /api/patrol/schedules", "POST /api/patrol/schedules", "DELETE /api/patrol/schedules/{sid}",
               "POST /api/patrol/checkins", "GET /api/patrol/checkins", "GET /api/patrol/trail",
               "GET /api/patrol/coverage", "GET /api/patrol/uncovered", "GET /api/patrol/compliance",
-              "GET /api/patrol/overdue", "GET /api/patrol/stats"]
+              "GET /api/patrol/overdue", "GET /api/patrol/stats",
+              "GET /api/plans", "POST /api/plans",
+              "GET /api/plans/{plan_id}", "GET /api/plans/{plan_id}/check", "POST /api/plans/{plan_id}/edits",
+              "POST /api/plans/{plan_id}/undo", "POST /api/plans/{plan_id}/propose", "GET /api/plans/{plan_id}/diff",
+              "POST /api/plans/{plan_id}/actions/{action}"]
 
 
 @pytest.fixture(scope="module")

@@ -63,6 +63,29 @@ def field():
     return render_template("field.html", t=i18n.t, lang=i18n.lang(), config=config, nonce=security.nonce())
 
 
+PLANNER_LABELS = ("planner_title", "plan", "new_plan", "scope", "propose", "keep_current", "undo", "merge", "split",
+                  "submit_plan", "reopen_plan", "publish", "rollback", "discard", "diff", "check", "checks_ok",
+                  "checks_bad", "cell", "households", "deviation", "edit_mode", "reshape", "replace", "target",
+                  "tolerance", "state", "exceptions", "moved", "changes", "select_two", "select_one", "done",
+                  "compactness", "gap", "overlap", "invalid_edge", "outside", "fragmented", "empty", "sliver",
+                  "road_crossing", "draw_split")
+
+
+@bp.get("/planner")
+@needs("plan")
+def planner():
+    """The planner page: open or start a plan, edit cells on the map (Leaflet-Geoman), see
+    households, deviation and the checks live, ask for a proposal, review the diff, publish."""
+    from flask import render_template, request
+
+    communities = admin_areas.features(db(), "community", authz.admin_area_sql(principal()))
+    config = {"labels": {k: i18n.t(k) for k in PLANNER_LABELS}, "basemap": settings().basemap_url or None,
+              "communities": [f["properties"] for f in communities
+                              if authz.covers(principal(), admin_areas.chain(f["properties"]["code"]))],
+              "plan": request.args.get("plan", type=int), "lang": i18n.lang()}
+    return render_template("planner.html", t=i18n.t, lang=i18n.lang(), config=config, nonce=security.nonce())
+
+
 @bp.get("/")
 @needs("read")
 def one_map():
