@@ -156,7 +156,7 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
 
     from gisgrid.errors import InvalidInput, UnknownReference
     from gisgrid.layers import audit, linking
-    from gisgrid.spatial.crs import point_to_storage
+    from gisgrid.spatial.crs import canonical, point_to_storage
 
     for name, value in (("description", description), ("address", address), ("reporter", reporter),
                         ("idempotency_key", idempotency_key)):
@@ -174,6 +174,7 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
         if not 0 <= accuracy_m <= 100_000:
             raise InvalidInput(f"accuracy_m must be between 0 and 100000, got {accuracy_m}", field="accuracy_m")
     p = point_to_storage(lon, lat, crs)
+    crs = canonical(crs)        # gcj02, bd09 or EPSG:n, as stored in input_crs
     if idempotency_key:
         found = session.execute(text("SELECT code FROM incident WHERE idempotency_key = :k"),
                                 {"k": idempotency_key}).scalar()

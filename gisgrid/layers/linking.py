@@ -57,7 +57,7 @@ def _check(table: str) -> None:
 
 
 def _point_sql(table: str, anchor: str, where: str) -> str:
-    return (f"WITH src AS (SELECT id, {anchor} AS pt FROM {table} WHERE {where}), l AS ({_LOCATE}) "
+    return (f"WITH src AS (SELECT id, {anchor} AS pt FROM {table} p WHERE {where}), l AS ({_LOCATE}) "
             f"UPDATE {table} p SET {_SET} FROM l WHERE p.id = l.id AND ({_CHANGED})")
 
 
@@ -67,14 +67,21 @@ def _residents_by_building(where: str) -> str:
             f"UPDATE resident p SET {_SET} FROM l WHERE p.id = l.id AND ({_CHANGED})")
 
 
+#: above this many records, link_ids runs polygon-driven like relink (imports)
+MANY = 5000
+
+
 def link_ids(session: Session, table: str, ids: list[int]) -> int:
     """Link the records ``ids`` of ``table`` (just inserted or moved). Returns rows changed.
 
-    Runs in the caller's transaction; never commits.
+    Runs in the caller's transaction; never commits. Up to :data:`MANY` records, a lookup per
+    record; more (an import), the polygon-driven join of :func:`relink` restricted to them.
     """
     _check(table)
     if not ids:
         return 0
+    if len(ids) > MANY:
+        return _link_many(session, table, ids)
     params = {"ids": list(ids)}
     if table == "resident":
         n = session.execute(text(_residents_by_building("r.id = ANY(:ids)")), params).rowcount
@@ -83,8 +90,24 @@ def link_ids(session: Session, table: str, ids: list[int]) -> int:
     return session.execute(text(_point_sql(table, ANCHORS[table], "id = ANY(:ids)")), params).rowcount
 
 
-def _bulk(session: Session, table: str) -> int:
-    anchor = ANCHORS[table]
+def _link_many(session: Session, table: str, ids: list[int]) -> int:
+    session.execute(text("DROP TABLE IF EXISTS _gisgrid_ids"))
+    session.execute(text("CREATE TEMP TABLE _gisgrid_ids ON COMMIT DROP AS SELECT unnest(CAST(:ids AS bigint[])) AS id"),
+                    {"ids": list(ids)})
+    session.execute(text("ALTER TABLE _gisgrid_ids ADD PRIMARY KEY (id)"))
+    session.execute(text("ANALYZE _gisgrid_ids"))
+    mine = "EXISTS (SELECT 1 FROM _gisgrid_ids k WHERE k.id = p.id)"
+    if table == "resident":
+        n = session.execute(text(_residents_by_building("r.id IN (SELECT id FROM _gisgrid_ids)"))).rowcount
+        n += _bulk(session, "resident", "geom", f"p.building_id IS NULL AND {mine}")
+    else:
+        n = _bulk(session, table, ANCHORS[table], mine)
+    session.execute(text("DROP TABLE _gisgrid_ids"))
+    return n
+
+
+def _bulk(session: Session, table: str, anchor: str | None = None, where: str = "true") -> int:
+    anchor = anchor or ANCHORS[table]
     session.execute(text("DROP TABLE IF EXISTS _gisgrid_link"))
     # Polygon-driven: grids outside, an index probe into the points for each grid. OFFSET 0
     # fences the lateral subquery: without it PostgreSQL flattens the lateral into a plain join
@@ -94,13 +117,13 @@ def _bulk(session: Session, table: str) -> int:
         "SELECT DISTINCT ON (p.id) p.id, g.id AS grid_id, g.code AS grid_code, g.community_code, "
         "g.street_code, g.district_code "
         f"FROM grid g CROSS JOIN LATERAL (SELECT id FROM {table} p WHERE ST_Intersects(g.geom, p.{anchor}) "
-        "OFFSET 0) p WHERE g.valid_to IS NULL ORDER BY p.id, g.code"))
+        f"AND {where} OFFSET 0) p WHERE g.valid_to IS NULL ORDER BY p.id, g.code"))
     session.execute(text("ANALYZE _gisgrid_link"))      # temp tables have no statistics otherwise
     changed = session.execute(text(
         f"UPDATE {table} p SET {_SET} FROM _gisgrid_link l WHERE p.id = l.id AND ({_CHANGED})")).rowcount
     # Whatever no grid holds: unlinked, with its admin codes from the admin areas.
     changed += session.execute(text(_point_sql(
-        table, anchor, "NOT EXISTS (SELECT 1 FROM _gisgrid_link k WHERE k.id = " + table + ".id)"))).rowcount
+        table, anchor, f"{where} AND NOT EXISTS (SELECT 1 FROM _gisgrid_link k WHERE k.id = p.id)"))).rowcount
     session.execute(text("DROP TABLE _gisgrid_link"))
     return changed
 
