@@ -126,7 +126,7 @@ def records(session: Session, layer: str, principal: authz.Principal, *, area: s
         data.pop("id_number"), data.pop("phone")
     elif spec.name == "resident":
         data.pop("id_number_masked"), data.pop("phone_masked")
-    frame = pd.DataFrame(data, columns=[n for n in names if n in data])
+    frame = pd.DataFrame(data, columns=[n for n in names if n in data], dtype=object)
     frame["geometry"] = shapely.from_wkb(np.array([None if w is None else bytes(w) for w in wkb], dtype=object))
     return frame
 
@@ -201,6 +201,10 @@ def export(session: Session, layer: str, path, *, fmt: str | None = None, crs: s
         _write_table(plain, geoms, spec, path, fmt)
     else:
         if fmt == "shp":
+            kinds = sorted({g.geom_type.replace("Multi", "") for g in geoms if g is not None})
+            if len(kinds) > 1:
+                raise InvalidInput(f"a Shapefile holds one geometry type; these {spec.name} records mix "
+                                   f"{', '.join(kinds)}: export as GeoPackage or GeoJSON", field="format")
             short = {f.name: f.shp for f in (*spec.fields, *F.DERIVED)}
             plain = plain.rename(columns=short)
         epsg = None if target in ("gcj02", "bd09") else target

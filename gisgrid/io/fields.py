@@ -98,7 +98,7 @@ LAYERS: dict[str, Layer] = {l.name: l for l in (
         Field("source", "来源", choices=tuple(incidents.SOURCES)), Field("reporter", "上报人", max_len=100),
         Field("reported_at", "上报时间", "datetime", short="reported"),
         Field("closed_at", "办结时间", "datetime", short="closed"),
-        Field("satisfaction", "满意度", "int"), Field("accuracy_m", "定位精度(米)", "float", short="accuracy")),
+        Field("satisfaction", "满意度", "int", short="satisfy"), Field("accuracy_m", "定位精度(米)", "float", short="accuracy")),
         ("Point",)),
 )}
 

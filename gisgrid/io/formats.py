@@ -24,7 +24,7 @@ MEDIA_TYPES = {"geojson": "application/geo+json", "gpkg": "application/geopackag
                "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
 EXTENSIONS = {"geojson": ".geojson", "gpkg": ".gpkg", "shp": ".zip", "csv": ".csv", "xlsx": ".xlsx"}
 _DRIVERS = {"geojson": "GeoJSON", "gpkg": "GPKG", "shp": "ESRI Shapefile"}
-#: the columns GDAL's KML drivers add to every feature; dropped when empty
+#: the columns GDAL's KML drivers add to every feature (styling and timing); dropped
 _KML_HOUSEKEEPING = ("description", "timestamp", "begin", "end", "altitudeMode", "tessellate", "extrude",
                      "visibility", "drawOrder", "icon", "snippet")
 
@@ -118,8 +118,8 @@ def _read_features(path: Path, fmt: str, layer: str | None) -> Table:
         crs = f"EPSG:{epsg}" if epsg else gdf.crs.to_string()
     values = pd.DataFrame(gdf.drop(columns=gdf.geometry.name))
     if fmt == "kml":
-        values = values.drop(columns=[c for c in _KML_HOUSEKEEPING if c in values and values[c].isna().all()
-                                      or c in values and (values[c].astype(str).str.strip() == "").all()])
+        # styling and the placemark's own id, not data
+        values = values.drop(columns=[c for c in (*_KML_HOUSEKEEPING, "id") if c in values])
         if "Name" in values and "name" not in values:
             values = values.rename(columns={"Name": "name"})
     return Table(values.reset_index(drop=True), gdf.geometry.reset_index(drop=True), crs, notes=notes)

@@ -127,7 +127,8 @@ def _show(field_, value) -> str | None:
 # -- the steps ----------------------------------------------------------------------------------
 def run(session: Session, layer: str, path, *, crs: str | None = None, mapping: dict[str, str] | None = None,
         mode: str = "insert", skip_invalid: bool = False, make_valid: bool = False, dry_run: bool = False,
-        fmt: str | None = None, actor: str | None = None, name: str | None = None, progress=None) -> Report:
+        fmt: str | None = None, actor: str | None = None, name: str | None = None, within=None,
+        progress=None) -> Report:
     """Import one file into ``layer`` in the caller's transaction (never commits).
 
     Parameters
@@ -150,6 +151,8 @@ def run(session: Session, layer: str, path, *, crs: str | None = None, mapping: 
         Who imports (audit rows).
     name : str, optional
         The file's name as the user gave it (uploads are saved under another name).
+    within : shapely geometry, optional
+        The importer's jurisdiction (EPSG:4326): records outside it are refused.
     progress : callable, optional
         ``progress(step, n)`` after each step.
 
@@ -191,6 +194,8 @@ def run(session: Session, layer: str, path, *, crs: str | None = None, mapping: 
     tick("geometry", rep.rows)
     if geoms is not None:
         bad |= _extent(rep, session, spec, geoms, rownum, values)
+        if within is not None:
+            bad |= _within(rep, within, geoms, rownum, bad)
         tick("extent", rep.rows)
     if "code" in values:
         bad |= _duplicates(rep, values["code"], rownum)
@@ -203,7 +208,7 @@ def run(session: Session, layer: str, path, *, crs: str | None = None, mapping: 
     if file_level or (rep.problems and not skip_invalid) or dry_run:
         return rep
     keep = ~bad
-    frame = pd.DataFrame({k: np.asarray(v, dtype=object)[keep] for k, v in values.items()})
+    frame = pd.DataFrame({k: np.asarray(v, dtype=object)[keep] for k, v in values.items()}, dtype=object)
     if geoms is not None:
         frame["geom"] = np.asarray(geoms, dtype=object)[keep]
     rep.skipped = int(bad.sum())
@@ -389,7 +394,8 @@ def _geometry(rep: Report, spec: F.Layer, table: formats.Table, cols: dict, rown
             rep.add(int(rownum[i]), "geometry", None, "geometry is missing")
         bad |= missing
     has = np.flatnonzero(~missing & ~bad)
-    g = shapely.from_wkb(shapely.to_wkb(geoms[has])) if len(has) else np.array([], dtype=object)
+    # a copy (WKB round trip), in 2D: KML and many GPS files carry a Z the layers do not store
+    g = shapely.force_2d(shapely.from_wkb(shapely.to_wkb(geoms[has]))) if len(has) else np.array([], dtype=object)
     g = np.asarray(g, dtype=object)
     _check_shapes(rep, spec, g, has, rownum, bad)
     ok = has[~bad[has]]
@@ -554,6 +560,20 @@ def _extent(rep, session, spec, geoms, rownum, values) -> np.ndarray:
                 f"outside the district (lon {xmin:.4f}..{xmax:.4f}, lat {ymin:.4f}..{ymax:.4f})"
                 + (f"; {why[0]}?" if why else ""))
         bad[i] = True
+    return bad
+
+
+def _within(rep, area, geoms, rownum, already) -> np.ndarray:
+    bad = np.zeros(len(geoms), dtype=bool)
+    idx = np.flatnonzero(np.fromiter((g is not None for g in geoms), dtype=bool, count=len(geoms)) & ~already)
+    if not len(idx):
+        return bad
+    zone = shapely.buffer(area, EXTENT_TOLERANCE)
+    shapely.prepare(zone)
+    outside = idx[~shapely.covered_by(geoms[idx], zone)]
+    for i in outside:
+        rep.add(int(rownum[i]), "geometry", None, "outside your jurisdiction")
+    bad[outside] = True
     return bad
 
 

@@ -191,8 +191,9 @@ def add(session: Session, layer: str, records: list[dict], *, crs: str = "EPSG:4
 
 
 # -- bulk: validated frames from imports ------------------------------------------------------------
-#: columns a frame may carry beside the table's own: resolved into ids or protected columns
-_FRAME_EXTRA = {"resident": ("building_code", "id_number", "phone")}
+from sqlalchemy.dialects import postgresql as _pg_dialect
+
+_PG = _pg_dialect.dialect()
 
 
 def _protected_columns(frame):
@@ -254,7 +255,8 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     model = SPEC[layer][0]
     table = model.__tablename__
     own = {c.key for c in model.__table__.columns} - {"id", "anchor"}
-    frame = frame.copy()
+    frame = frame.astype(object)
+    frame = frame.where(frame.notna(), None)      # pandas 3 reads missing text as NaN
     if layer == "resident":
         frame = _protected_columns(frame)
     extra = [c for c in frame.columns if c not in own]
@@ -281,7 +283,7 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
             copy_frame(session, "_gisgrid_stage", frame[cols + extra])
             counts["deleted"], retired = _clear_for(session, layer, table, mode, actor)
             values = ", ".join(cols + (["building_id"] if extra else []))
-            select_ = ", ".join([f"s.{c}" for c in cols] + (["b.id"] if extra else []))
+            select_ = ", ".join([_or_default(model, c) for c in cols] + (["b.id"] if extra else []))
             join = " LEFT JOIN building b ON b.code = s.building_code" if extra else ""
             conflict = ""
             if mode == "upsert" and layer != "grid":
@@ -318,6 +320,19 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     except DBAPIError as e:
         raise translate(e, record=f"{layer} import of {len(frame)} rows") from e
     return counts
+
+
+def _or_default(model, column: str) -> str:
+    """``s.column``, or its server default when blank and the column is NOT NULL."""
+    col = model.__table__.columns[column]
+    if col.nullable or col.server_default is None:
+        return f"s.{column}"
+    arg = col.server_default.arg           # the model's own constant or SQL function, never input
+    if isinstance(arg, str):
+        expr = "'" + arg.replace("'", "''") + "'"
+    else:
+        expr = arg.text if hasattr(arg, "text") else str(arg.compile(dialect=_PG))
+    return f"coalesce(s.{column}, CAST({expr} AS {col.type.compile(dialect=_PG)}))"
 
 
 def _clear_for(session: Session, layer: str, table: str, mode: str, actor: str | None) -> tuple[int, int]:

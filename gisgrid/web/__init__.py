@@ -10,7 +10,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
     from gisgrid.db.engine import database_url, make_engine, make_sessionmaker
-    from gisgrid.web import api, assets, auth, errors, incidents, open311, pages, security
+    from gisgrid.web import api, assets, auth, errors, incidents, open311, pages, security, transfer
 
     settings = config.load().with_overrides(overrides)
     app = Flask(__name__)
@@ -32,11 +32,13 @@ def create_app(overrides: dict | None = None) -> Flask:
     security.register(app, settings.basemap_url)
     auth.csrf.init_app(app)
     auth.limiter.init_app(app)
+    app.before_request(transfer.upload_limit)       # before the CSRF check reads the form
     app.before_request(auth.load_principal)
     app.register_blueprint(auth.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(incidents.bp)
     app.register_blueprint(open311.bp)
+    app.register_blueprint(transfer.bp)
     app.register_blueprint(pages.bp)
 
     @app.teardown_appcontext
