@@ -377,7 +377,7 @@ def _serve(settings):
     click.echo(f"gisgrid serving at {url}", err=False)
     sys.stdout.flush()
     waitress_serve(app, host=settings.host, port=settings.port, threads=8, ident="gisgrid",
-                   max_request_body_size=max(app.config["MAX_CONTENT_LENGTH"], settings.import_limit_mb * 1024 * 1024))
+                   max_request_body_size=max(app.config["MAX_CONTENT_LENGTH"], int(settings.import_limit_mb * 1024 * 1024)))
 
 
 @main.command()

@@ -41,7 +41,7 @@ class Settings:
     #: ``GISGRID_REPORT_LIMIT``: incident reports per user.
     report_limit: str = "120 per minute"
     #: ``GISGRID_IMPORT_LIMIT_MB``: largest file an API import takes (other requests: 16 MB).
-    import_limit_mb: int = 64
+    import_limit_mb: float = 64
 
     @property
     def embedded(self) -> bool:
@@ -78,5 +78,5 @@ def load(env: dict | None = None) -> Settings:
         cookie_secure=_bool(env.get("GISGRID_COOKIE_SECURE", "1")),
         login_limit=env.get("GISGRID_LOGIN_LIMIT", "10 per minute"),
         report_limit=env.get("GISGRID_REPORT_LIMIT", "120 per minute"),
-        import_limit_mb=int(env.get("GISGRID_IMPORT_LIMIT_MB", "64")),
+        import_limit_mb=float(env.get("GISGRID_IMPORT_LIMIT_MB", "64")),
     )

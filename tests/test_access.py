@@ -71,6 +71,8 @@ MATRIX = {
     "POST /api/incidents/<code>/actions/<action>": "post",
     "POST /api/incidents/<code>/merge": "post",
     "POST /api/incidents/<code>/photos": "post",
+    "POST /api/import/<layer>": "post",
+    "GET /api/export/<layer>": "export",      # insider/outsider: test_transfer_web.py (planner roles)
     "GET /open311/v2/services.<fmt>": "o311_services",
     "GET /open311/v2/services/<service_code>.<fmt>": "o311_service",
     "GET /open311/v2/requests.<fmt>": "o311_requests",
@@ -119,10 +121,10 @@ def url_for(kind, w) -> str:
             "o311_services": "/open311/v2/services.json", "o311_service": "/open311/v2/services/noise.xml",
             "o311_requests": f"/open311/v2/requests.json?service_request_id={w['incident']}",
             "o311_request": f"/open311/v2/requests/{w['incident']}.xml",
-            "stats": "/api/stats?level=grid", "field": "/field"}[kind]
+            "stats": "/api/stats?level=grid", "field": "/field", "export": "/api/export/place"}[kind]
 
 
-@pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post"}))
+@pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post", "export"}))
 def test_insider_sees_it_outsider_does_not(app, world, kind):
     inside, outside = login_as(app, "gridworker"), login_as(app, "outsider")
     url = url_for(kind, world)

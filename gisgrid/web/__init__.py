@@ -29,10 +29,10 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine)}
     assets.localise_folium()
     errors.register(app)
+    app.before_request(transfer.upload_limit)       # before any hook reads the form (NUL check, CSRF)
     security.register(app, settings.basemap_url)
     auth.csrf.init_app(app)
     auth.limiter.init_app(app)
-    app.before_request(transfer.upload_limit)       # before the CSRF check reads the form
     app.before_request(auth.load_principal)
     app.register_blueprint(auth.bp)
     app.register_blueprint(api.bp)

@@ -33,10 +33,10 @@ class ImportRefused(GisgridError):
 
 
 def upload_limit() -> None:
-    """Before every other hook (the CSRF check reads the form): imports may be larger than other
+    """Before every other hook (the NUL and CSRF checks read the form): imports may be larger than other
     requests, up to ``GISGRID_IMPORT_LIMIT_MB``."""
     if request.endpoint == "transfer.import_file":
-        request.max_content_length = settings().import_limit_mb * 1024 * 1024
+        request.max_content_length = int(settings().import_limit_mb * 1024 * 1024)
 
 
 def _flag(name: str) -> bool:
