@@ -261,10 +261,19 @@ def _is_blank(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT or (isinstance(v, str) and not v.strip())
 
 
+def _blanks(values) -> np.ndarray:
+    """Which values are missing: None, NaN, NaT or only spaces (vectorised)."""
+    s = pd.Series(np.asarray(values, dtype=object), dtype=object)
+    na = s.isna().to_numpy().copy()
+    text_ = s[~na].astype(str)
+    na[np.flatnonzero(~na)[(text_.str.strip() == "").to_numpy()]] = True
+    return na
+
+
 def _convert(rep: Report, f: F.Field, series: pd.Series, rownum: np.ndarray):
     """Values of one field converted to Python objects (None when blank), and the rows that fail."""
     raw = series.to_numpy(dtype=object)
-    blank = np.fromiter((_is_blank(v) for v in raw), dtype=bool, count=len(raw))
+    blank = _blanks(raw)
     out = np.full(len(raw), None, dtype=object)
     bad = np.zeros(len(raw), dtype=bool)
     present = ~blank
@@ -423,8 +432,7 @@ def _safe_canonical(c):
 def _points(rep, lon, lat, rownum, bad):
     x = pd.to_numeric(lon, errors="coerce").to_numpy(dtype=float)
     y = pd.to_numeric(lat, errors="coerce").to_numpy(dtype=float)
-    blank_x = np.fromiter((_is_blank(v) for v in lon), dtype=bool, count=len(x))
-    blank_y = np.fromiter((_is_blank(v) for v in lat), dtype=bool, count=len(y))
+    blank_x, blank_y = _blanks(lon), _blanks(lat)
     for arr, blank, raw, name in ((x, blank_x, lon.to_numpy(dtype=object), "lon"),
                                   (y, blank_y, lat.to_numpy(dtype=object), "lat")):
         wrong = ~blank & ~np.isfinite(arr)
