@@ -167,31 +167,29 @@ _FROM_WGS = {"gcj02": wgs84_to_gcj02, "bd09": wgs84_to_bd09}
 
 
 # -- arrays and geometries --------------------------------------------------------------------
-def xy_to_storage(x, y, crs):
-    """Arrays of EPSG:4326 lon/lat from coordinates ``x, y`` in ``crs`` (any EPSG code, gcj02,
-    bd09). Geographic CRSs on the CGCS2000/WGS84 datums come back unchanged."""
+def _xy(x, y, crs, *, inward: bool):
     name = canonical(crs)
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if name in _TO_WGS:
-        return _TO_WGS[name](x, y)
+    offsets = _TO_WGS if inward else _FROM_WGS
+    if name in offsets:
+        return offsets[name](x, y)
     if int(name[5:]) in _SAME_AS_STORAGE:
         return x, y
     import pyproj
 
-    return pyproj.Transformer.from_crs(name, STORAGE, always_xy=True).transform(x, y)
+    src, dst = (name, STORAGE) if inward else (STORAGE, name)
+    return pyproj.Transformer.from_crs(src, dst, always_xy=True).transform(x, y)
+
+
+def xy_to_storage(x, y, crs):
+    """Arrays of EPSG:4326 lon/lat from coordinates ``x, y`` in ``crs`` (any EPSG code, gcj02,
+    bd09). Geographic CRSs on the CGCS2000/WGS84 datums come back unchanged."""
+    return _xy(x, y, crs, inward=True)
 
 
 def xy_from_storage(lon, lat, crs):
     """The inverse of :func:`xy_to_storage`: EPSG:4326 lon/lat to ``crs``."""
-    name = canonical(crs)
-    lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
-    if name in _FROM_WGS:
-        return _FROM_WGS[name](lon, lat)
-    if int(name[5:]) in _SAME_AS_STORAGE:
-        return lon, lat
-    import pyproj
-
-    return pyproj.Transformer.from_crs(STORAGE, name, always_xy=True).transform(lon, lat)
+    return _xy(lon, lat, crs, inward=False)
 
 
 def _apply(geoms, fn):
