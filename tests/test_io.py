@@ -468,3 +468,23 @@ def test_shapefile_names_fit_ten_characters_and_are_unique():
         names = [f.shp for f in (*layer.fields, *fields.derived_for(layer))]
         assert all(len(n) <= 10 for n in names), layer.name
         assert len(set(names)) == len(names), layer.name
+
+
+def test_a_large_file_takes_the_bulk_paths(world, tmp_path):
+    # over 10,000 codes: stored codes are looked up through COPY, links polygon-driven
+    rng = np.random.default_rng(7)
+    n = 12_000
+    rows = pd.DataFrame({"code": [f"L{i:05d}" for i in range(n)], "name": "店", "category": "shop",
+                         "lon": rng.uniform(114.0005, 114.0195, n), "lat": rng.uniform(30.0005, 30.0095, n)})
+    rows.loc[n - 1, "code"] = "P1"                                  # already stored
+    path = tmp_path / "many.csv"
+    rows.to_csv(path, index=False)
+    before = counts(world)
+    rep = importer.run(world, "place", path)
+    assert [(p.row, p.field, p.value) for p in rep.problems] == [(n + 1, "code", "P1")] and counts(world) == before
+    rep = importer.run(world, "place", path, skip_invalid=True)
+    assert rep.inserted == n - 1
+    linked = world.execute(text("SELECT count(*) FILTER (WHERE grid_code = :g1 AND ST_X(geom) < 114.01) + "
+                                "count(*) FILTER (WHERE grid_code = :g2 AND ST_X(geom) > 114.01) "
+                                "FROM place WHERE code LIKE 'L%'"), {"g1": COMMUNITY + "001", "g2": COMMUNITY + "002"})
+    assert linked.scalar() == n - 1

@@ -284,7 +284,11 @@ def _convert(rep: Report, f: F.Field, series: pd.Series, rownum: np.ndarray):
         bad[mask] = True
 
     if f.kind == "text":
-        out[present] = [_text(v) for v in raw[present]]
+        given = raw[present]
+        if all(isinstance(v, str) for v in given):          # CSV: every value is text
+            out[present] = pd.Series(given, dtype=object).str.strip().to_numpy(dtype=object)
+        else:
+            out[present] = [_text(v) for v in given]
     elif f.kind in ("int", "float"):
         num = pd.to_numeric(pd.Series(raw[present]), errors="coerce").to_numpy(dtype=float)
         ok = np.isfinite(num)
@@ -601,11 +605,25 @@ def _duplicates(rep, codes, rownum) -> np.ndarray:
 
 
 def _existing(session, table: str, column: str, wanted, extra: str = "") -> set:
+    """Which of the ``wanted`` values ``table.column`` holds (a large set goes by COPY into a
+    temporary table: binding a million-element array costs more than the lookup)."""
     wanted = sorted({str(v) for v in wanted if v is not None})
     if not wanted:
         return set()
-    rows = session.execute(text(f"SELECT {column} FROM {table} WHERE {column} = ANY(:v) {extra}"), {"v": wanted})
-    return {r[0] for r in rows}
+    if len(wanted) <= 10_000:
+        rows = session.execute(text(f"SELECT {column} FROM {table} WHERE {column} = ANY(:v) {extra}"), {"v": wanted})
+        return {r[0] for r in rows}
+    session.execute(text("DROP TABLE IF EXISTS _gisgrid_wanted"))
+    session.execute(text("CREATE TEMP TABLE _gisgrid_wanted (v text) ON COMMIT DROP"))
+    esc = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cur, cur.copy("COPY _gisgrid_wanted (v) FROM STDIN") as cp:
+        cp.write("\n".join(v.translate(esc) for v in wanted) + "\n")
+    rows = session.execute(text(f"SELECT t.{column} FROM {table} t JOIN _gisgrid_wanted w ON w.v = t.{column} "
+                                f"WHERE true {extra}"))
+    found = {r[0] for r in rows}
+    session.execute(text("DROP TABLE _gisgrid_wanted"))
+    return found
 
 
 def _references(rep, session, spec, values, rownum, mode) -> np.ndarray:

@@ -81,7 +81,10 @@ def link_ids(session: Session, table: str, ids: list[int]) -> int:
     if not ids:
         return 0
     if len(ids) > MANY:
-        return _link_many(session, table, ids)
+        session.execute(text("DROP TABLE IF EXISTS _gisgrid_ids"))
+        session.execute(text("CREATE TEMP TABLE _gisgrid_ids ON COMMIT DROP AS "
+                             "SELECT unnest(CAST(:ids AS bigint[])) AS id"), {"ids": list(ids)})
+        return link_written(session, table, "_gisgrid_ids")
     params = {"ids": list(ids)}
     if table == "resident":
         n = session.execute(text(_residents_by_building("r.id = ANY(:ids)")), params).rowcount
@@ -90,20 +93,18 @@ def link_ids(session: Session, table: str, ids: list[int]) -> int:
     return session.execute(text(_point_sql(table, ANCHORS[table], "id = ANY(:ids)")), params).rowcount
 
 
-def _link_many(session: Session, table: str, ids: list[int]) -> int:
-    session.execute(text("DROP TABLE IF EXISTS _gisgrid_ids"))
-    session.execute(text("CREATE TEMP TABLE _gisgrid_ids ON COMMIT DROP AS SELECT unnest(CAST(:ids AS bigint[])) AS id"),
-                    {"ids": list(ids)})
-    session.execute(text("ALTER TABLE _gisgrid_ids ADD PRIMARY KEY (id)"))
-    session.execute(text("ANALYZE _gisgrid_ids"))
-    mine = "EXISTS (SELECT 1 FROM _gisgrid_ids k WHERE k.id = p.id)"
+def link_written(session: Session, table: str, ids_table: str) -> int:
+    """Link the records of ``table`` whose ids are in the temporary table ``ids_table`` (a
+    column ``id``, unique: an import's written rows), polygon-driven like :func:`relink`.
+    Returns rows changed. ``ids_table`` is a name the caller made, never input."""
+    _check(table)
+    session.execute(text(f"CREATE UNIQUE INDEX ON {ids_table} (id)"))
+    session.execute(text(f"ANALYZE {ids_table}"))
+    mine = f"EXISTS (SELECT 1 FROM {ids_table} k WHERE k.id = p.id)"
     if table == "resident":
-        n = session.execute(text(_residents_by_building("r.id IN (SELECT id FROM _gisgrid_ids)"))).rowcount
-        n += _bulk(session, "resident", "geom", f"p.building_id IS NULL AND {mine}")
-    else:
-        n = _bulk(session, table, ANCHORS[table], mine)
-    session.execute(text("DROP TABLE _gisgrid_ids"))
-    return n
+        n = session.execute(text(_residents_by_building(f"r.id IN (SELECT id FROM {ids_table})"))).rowcount
+        return n + _bulk(session, "resident", "geom", f"p.building_id IS NULL AND {mine}")
+    return _bulk(session, table, ANCHORS[table], mine)
 
 
 def _bulk(session: Session, table: str, anchor: str | None = None, where: str = "true") -> int:

@@ -301,9 +301,8 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
             if retired:                   # a redrawn grid is a new row beside its retired one
                 counts["updated"] = retired
                 counts["inserted"] -= retired
-            ids = list(session.scalars(text("SELECT id FROM _gisgrid_written ORDER BY id")))
             if layer in linking.ORDER:
-                linking.link_ids(session, layer, ids)
+                linking.link_written(session, layer, "_gisgrid_written")
             elif layer in ("grid", "admin_area"):
                 linking.relink(session)            # boundaries changed: every record's links
             if layer == "incident":
