@@ -29,7 +29,7 @@ ANCHORS = {"building": "anchor", "place": "geom", "patrol_point": "geom", "patro
            "incident": "geom"}
 #: order matters: residents copy their building's links
 ORDER = ("building", "resident", "place", "patrol_point", "patrol_route", "incident")
-_COLS = ("grid_id", "grid_code", "community_code", "street_code", "district_code")
+_COLS = LINK_COLUMNS = ("grid_id", "grid_code", "community_code", "street_code", "district_code")
 _SET = ", ".join(f"{c} = l.{c}" for c in _COLS)
 _CHANGED = " OR ".join(f"p.{c} IS DISTINCT FROM l.{c}" for c in _COLS)
 
@@ -91,6 +91,45 @@ def link_ids(session: Session, table: str, ids: list[int]) -> int:
         return n + session.execute(
             text(_point_sql("resident", "geom", "id = ANY(:ids) AND building_id IS NULL")), params).rowcount
     return session.execute(text(_point_sql(table, ANCHORS[table], "id = ANY(:ids)")), params).rowcount
+
+
+#: the anchor of a staged (not yet inserted) record, as the table's generated column computes it
+_STAGED_ANCHORS = {"building": "ST_PointOnSurface(s.geom)", "patrol_route": "ST_PointOnSurface(s.geom)"}
+
+
+def locate_staged(session: Session, table: str, stage: str) -> None:
+    """The links of records staged for insertion into ``table`` (an import), by the same rule,
+    before they are inserted, so the insert writes them and no row is rewritten.
+
+    ``stage`` is a temporary table the caller made (never input) with a row number ``_n``,
+    ``geom`` and, for residents, ``building_code``. Creates the temporary table
+    ``_gisgrid_located (_n, grid_id, grid_code, community_code, street_code, district_code)``:
+    one row per staged record that has an anchor (residents: a building, or else a point).
+    """
+    _check(table)
+    anchor = _STAGED_ANCHORS.get(table, "s.geom")
+    where = "s.building_code IS NULL AND s.geom IS NOT NULL" if table == "resident" else "s.geom IS NOT NULL"
+    session.execute(text("DROP TABLE IF EXISTS _gisgrid_pts, _gisgrid_located"))
+    session.execute(text(f"CREATE TEMP TABLE _gisgrid_pts ON COMMIT DROP AS SELECT s._n AS id, {anchor} AS pt "
+                         f"FROM {stage} s WHERE {where}"))
+    session.execute(text("CREATE INDEX ON _gisgrid_pts USING gist (pt)"))
+    session.execute(text("ANALYZE _gisgrid_pts"))
+    # polygon-driven, fenced, lowest code on shared edges: as _bulk
+    session.execute(text(
+        "CREATE TEMP TABLE _gisgrid_located ON COMMIT DROP AS SELECT DISTINCT ON (p.id) p.id AS _n, g.id AS grid_id, "
+        "g.code AS grid_code, g.community_code, g.street_code, g.district_code FROM grid g CROSS JOIN LATERAL "
+        "(SELECT id FROM _gisgrid_pts p WHERE ST_Intersects(g.geom, p.pt) OFFSET 0) p WHERE g.valid_to IS NULL "
+        "ORDER BY p.id, g.code"))
+    session.execute(text(
+        "INSERT INTO _gisgrid_located WITH src AS (SELECT id, pt FROM _gisgrid_pts p WHERE NOT EXISTS "
+        f"(SELECT 1 FROM _gisgrid_located k WHERE k._n = p.id)) {_LOCATE}"))
+    if table == "resident":
+        session.execute(text(
+            "INSERT INTO _gisgrid_located SELECT s._n, b.grid_id, b.grid_code, b.community_code, b.street_code, "
+            f"b.district_code FROM {stage} s JOIN building b ON b.code = s.building_code"))
+    session.execute(text("DROP TABLE _gisgrid_pts"))
+    session.execute(text("CREATE UNIQUE INDEX ON _gisgrid_located (_n)"))
+    session.execute(text("ANALYZE _gisgrid_located"))
 
 
 def link_written(session: Session, table: str, ids_table: str) -> int:

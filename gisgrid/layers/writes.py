@@ -262,6 +262,12 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     extra = [c for c in frame.columns if c not in own]
     if set(extra) - {"building_code"}:
         raise InvalidInput(f"columns {sorted(set(extra) - {'building_code'})} are not columns of {table}")
+    # New records (insert, replace) are located before the insert writes them with their links;
+    # an upsert may leave a record's anchor out of the file, so it links after writing.
+    prelink = layer in linking.ORDER and mode != "upsert"
+    if prelink:
+        frame["_n"] = range(len(frame))
+        extra.append("_n")
     if "geom" in frame:
         frame["geom"] = ewkb_hex(frame["geom"].to_numpy())
     for c in frame.columns:                       # JSONB and arrays as their text forms for COPY
@@ -278,16 +284,24 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
             session.execute(text("DROP TABLE IF EXISTS _gisgrid_stage, _gisgrid_written"))
             session.execute(text(
                 f"CREATE TEMP TABLE _gisgrid_stage ON COMMIT DROP AS SELECT {', '.join(cols)} FROM {table} WITH NO DATA"))
-            if extra:
-                session.execute(text("ALTER TABLE _gisgrid_stage ADD COLUMN building_code text"))
+            by_building = "building_code" in extra
+            for c, kind in (("building_code", "text"), ("_n", "bigint")):
+                if c in extra:
+                    session.execute(text(f"ALTER TABLE _gisgrid_stage ADD COLUMN {c} {kind}"))
             copy_frame(session, "_gisgrid_stage", frame[cols + extra])
             counts["deleted"], retired = _clear_for(session, layer, table, mode, actor)
-            values = ", ".join(cols + (["building_id"] if extra else []))
-            select_ = ", ".join([_or_default(model, c) for c in cols] + (["b.id"] if extra else []))
-            join = " LEFT JOIN building b ON b.code = s.building_code" if extra else ""
+            values = cols + (["building_id"] if by_building else [])
+            select_ = [_or_default(model, c) for c in cols] + (["b.id"] if by_building else [])
+            join = " LEFT JOIN building b ON b.code = s.building_code" if by_building else ""
+            if prelink:
+                linking.locate_staged(session, layer, "_gisgrid_stage")
+                values += list(linking.LINK_COLUMNS)
+                select_ += [f"l.{c}" for c in linking.LINK_COLUMNS]
+                join += " LEFT JOIN _gisgrid_located l ON l._n = s._n"
+            values, select_ = ", ".join(values), ", ".join(select_)
             conflict = ""
             if mode == "upsert" and layer != "grid":
-                updates = [c for c in cols + (["building_id"] if extra else []) if c != "code"]
+                updates = [c for c in cols + (["building_id"] if by_building else []) if c != "code"]
                 conflict = (" ON CONFLICT (code) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in updates)
                             if updates else " ON CONFLICT (code) DO NOTHING")
             session.execute(text(
@@ -301,7 +315,7 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
             if retired:                   # a redrawn grid is a new row beside its retired one
                 counts["updated"] = retired
                 counts["inserted"] -= retired
-            if layer in linking.ORDER:
+            if layer in linking.ORDER and not prelink:
                 linking.link_written(session, layer, "_gisgrid_written")
             elif layer in ("grid", "admin_area"):
                 linking.relink(session)            # boundaries changed: every record's links
