@@ -488,3 +488,13 @@ def test_a_large_file_takes_the_bulk_paths(world, tmp_path):
                                 "count(*) FILTER (WHERE grid_code = :g2 AND ST_X(geom) > 114.01) "
                                 "FROM place WHERE code LIKE 'L%'"), {"g1": COMMUNITY + "001", "g2": COMMUNITY + "002"})
     assert linked.scalar() == n - 1
+
+
+def test_residents_with_points_only_are_linked_by_their_points(world, tmp_path):
+    rows = [{"code": "RP1", "name": "赵六", "lon": 114.004, "lat": 30.004},
+            {"code": "RP2", "name": "钱七", "lon": 114.014, "lat": 30.004},
+            {"code": "RP3", "name": "孙八", "lon": 114.025, "lat": 30.015}]          # in the district, no grid
+    rep = importer.run(world, "resident", places_csv(tmp_path / "r.csv", rows))
+    assert rep.ok and rep.inserted == 3, rep.text()
+    got = world.execute(text("SELECT code, grid_code, district_code FROM resident WHERE code LIKE 'RP%' ORDER BY code")).all()
+    assert got == [("RP1", COMMUNITY + "001", DISTRICT), ("RP2", COMMUNITY + "002", DISTRICT), ("RP3", None, DISTRICT)]

@@ -259,6 +259,8 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     frame = frame.where(frame.notna(), None)      # pandas 3 reads missing text as NaN
     if layer == "resident":
         frame = _protected_columns(frame)
+        if "building_code" not in frame and mode != "upsert":
+            frame["building_code"] = None            # located by their points
     extra = [c for c in frame.columns if c not in own]
     if set(extra) - {"building_code"}:
         raise InvalidInput(f"columns {sorted(set(extra) - {'building_code'})} are not columns of {table}")
