@@ -401,14 +401,14 @@ def _geometry(rep: Report, spec: F.Layer, table: formats.Table, cols: dict, rown
             rep.add(None, "geometry", None, "no geometry: give lon and lat columns (经度, 纬度) or a WKT column"
                     if spec.points else "no geometry: give a WKT column (几何(WKT))")
         return None, bad
-    missing = np.fromiter((g is None for g in geoms), dtype=bool, count=n) & ~bad
+    missing = shapely.is_missing(geoms) & ~bad
     if spec.geometry_required:
         for i in np.flatnonzero(missing):
             rep.add(int(rownum[i]), "geometry", None, "geometry is missing")
         bad |= missing
     has = np.flatnonzero(~missing & ~bad)
-    # a copy (WKB round trip), in 2D: KML and many GPS files carry a Z the layers do not store
-    g = shapely.force_2d(shapely.from_wkb(shapely.to_wkb(geoms[has]))) if len(has) else np.array([], dtype=object)
+    # in 2D (new geometries): KML and many GPS files carry a Z the layers do not store
+    g = shapely.force_2d(geoms[has]) if len(has) else np.array([], dtype=object)
     g = np.asarray(g, dtype=object)
     _check_shapes(rep, spec, g, has, rownum, bad)
     ok = has[~bad[has]]
@@ -475,15 +475,14 @@ def _check_shapes(rep, spec, g, has, rownum, bad):
     for j in np.flatnonzero(empty):
         rep.add(int(rownum[has[j]]), "geometry", None, "geometry is empty")
         bad[has[j]] = True
-    types = shapely.get_type_id(g)
-    names = {0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString", 6: "MultiPolygon",
-             7: "GeometryCollection", 2: "LinearRing"}
-    for j in np.flatnonzero(~empty):
-        t = names.get(int(types[j]), "?")
-        if t not in spec.geometry:
-            rep.add(int(rownum[has[j]]), "geometry", t,
-                    f"geometry type {t} not allowed for {spec.name}; allowed: {', '.join(spec.geometry)}")
-            bad[has[j]] = True
+    names = np.array(["Point", "LineString", "LinearRing", "Polygon", "MultiPoint", "MultiLineString",
+                      "MultiPolygon", "GeometryCollection"])
+    types = names[np.clip(shapely.get_type_id(g), 0, 7)]
+    for j in np.flatnonzero(~empty & ~np.isin(types, spec.geometry)):
+        t = str(types[j])
+        rep.add(int(rownum[has[j]]), "geometry", t,
+                f"geometry type {t} not allowed for {spec.name}; allowed: {', '.join(spec.geometry)}")
+        bad[has[j]] = True
 
 
 def _ranges_and_validity(rep, spec, g, idx, rownum, bad, make_valid):
@@ -544,7 +543,7 @@ def _extent(rep, session, spec, geoms, rownum, values) -> np.ndarray:
     if district is None:
         rep.notes.append("no district boundary is loaded: the extent was not checked")
         return bad
-    idx = np.flatnonzero(np.fromiter((g is not None for g in geoms), dtype=bool, count=len(geoms)))
+    idx = np.flatnonzero(~shapely.is_missing(geoms))
     if spec.name == "admin_area" and "code" in values:
         # the district itself defines the extent
         idx = np.array([i for i in idx if not str(values["code"][i] or "").endswith("000000")], dtype=int)
@@ -577,7 +576,7 @@ def _extent(rep, session, spec, geoms, rownum, values) -> np.ndarray:
 
 def _within(rep, area, geoms, rownum, already) -> np.ndarray:
     bad = np.zeros(len(geoms), dtype=bool)
-    idx = np.flatnonzero(np.fromiter((g is not None for g in geoms), dtype=bool, count=len(geoms)) & ~already)
+    idx = np.flatnonzero(~shapely.is_missing(geoms) & ~already)
     if not len(idx):
         return bad
     zone = shapely.buffer(area, EXTENT_TOLERANCE)
@@ -703,7 +702,8 @@ def _personal(rep, values, rownum, geoms) -> np.ndarray:
     n = rep.rows
     bad = np.zeros(n, dtype=bool)
     building = values.get("building_code", np.full(n, None, dtype=object))
-    nowhere = np.array([b is None and (geoms is None or geoms[i] is None) for i, b in enumerate(building)], dtype=bool)
+    nowhere = pd.isna(pd.Series(building, dtype=object)).to_numpy() & (
+        np.ones(n, dtype=bool) if geoms is None else shapely.is_missing(geoms))
     for i in np.flatnonzero(nowhere):
         rep.add(int(rownum[i]), "building_code", None,
                 "a resident needs a building (building_code) or a point (lon/lat)")
