@@ -361,9 +361,13 @@ def export_cmd(layer, path, fmt, crs, where, reason):
         area = value.strip()
     who = authz.Principal(_actor(), "admin")
     with _session() as (engine, Session):
-        with Session.begin() as s:
-            n = exporter.export(s, layer, path, fmt=fmt, crs=crs, principal=who, area=area,
-                                unmask=reason is not None, reason=reason)
+        bar = _Progress(f"export {layer}", 3)
+        try:
+            with Session.begin() as s:
+                n = exporter.export(s, layer, path, fmt=fmt, crs=crs, principal=who, area=area,
+                                    unmask=reason is not None, reason=reason, progress=bar)
+        finally:
+            bar.close()
     click.echo(f"{layer}: {n:,} records written to {path}")
 
 

@@ -154,7 +154,7 @@ def _plain(frame: pd.DataFrame, spec: F.Layer) -> pd.DataFrame:
 
 def export(session: Session, layer: str, path, *, fmt: str | None = None, crs: str = "EPSG:4326",
            principal: authz.Principal, area: str | None = None, unmask: bool = False,
-           reason: str | None = None) -> int:
+           reason: str | None = None, progress=None) -> int:
     """Write the layer's records the principal may see to ``path``.
 
     Parameters
@@ -173,6 +173,8 @@ def export(session: Session, layer: str, path, *, fmt: str | None = None, crs: s
         Only records of this admin area or grid code.
     unmask, reason
         Clear ID numbers and phones of residents (with a reason; audited per resident).
+    progress : callable, optional
+        ``progress(step, n)`` after reading, converting and writing.
 
     Returns
     -------
@@ -194,9 +196,12 @@ def export(session: Session, layer: str, path, *, fmt: str | None = None, crs: s
         authz.require(principal, "pii")
         if not reason or not reason.strip():
             raise InvalidInput("exporting unmasked personal data needs a reason", field="reason")
+    tick = progress or (lambda *_: None)
     frame = records(session, layer, principal, area=area, unmask=unmask)
+    tick("read", len(frame))
     geoms = crs_mod.from_storage(frame.pop("geometry").to_numpy(), target)
     plain = _plain(frame, spec)
+    tick("converted", len(frame))
     if fmt in ("csv", "xlsx"):
         _write_table(plain, geoms, spec, path, fmt)
     else:
@@ -209,6 +214,7 @@ def export(session: Session, layer: str, path, *, fmt: str | None = None, crs: s
             plain = plain.rename(columns=short)
         epsg = None if target in ("gcj02", "bd09") else target
         formats.write_features(gpd.GeoDataFrame(plain, geometry=list(geoms), crs=epsg), path, fmt, spec.name)
+    tick("written", len(frame))
     where, params = _where(spec, principal, area)
     if unmask:
         session.execute(text(
