@@ -181,7 +181,7 @@ def main() -> None:
         from sqlalchemy import text
 
         with Session() as s:
-            n, linked = s.execute(text("SELECT count(*), count(grid_id) FROM resident WHERE code LIKE 'BENCH-%'")).one()
+            n, linked = s.execute(text("SELECT count(*), count(grid_id) FROM resident LEFT JOIN resident_link USING (id) WHERE code LIKE 'BENCH-%'")).one()
         log(f"  gisgrid import: {took:.1f} s ({n:,} rows, {linked:,} linked to a grid, {n / took:,.0f} rows/s)")
         cleanup(Session)
         load, link = run_anchor(Session, dsn, csv)

@@ -127,7 +127,7 @@ def test_field_report_made_offline_is_sent_once_when_back_online(server, demo_ur
         browser.close()
     assert errors == []
     with psycopg.connect(pg) as c:
-        rows = c.execute("SELECT grid_code, idempotency_key, source FROM incident WHERE description = %s",
+        rows = c.execute("SELECT grid_code, idempotency_key, source FROM incident NATURAL LEFT JOIN incident_link WHERE description = %s",
                          (marker,)).fetchall()
     assert len(rows) == 1, rows
     assert rows[0][0] == code and rows[0][1] and rows[0][2] == "patrol"

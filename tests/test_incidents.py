@@ -79,6 +79,27 @@ def test_report_is_linked_routed_and_timed(worker, g):
     assert inc["allowed"] == ["accept", "reject"]
 
 
+def test_the_districts_own_catalogue_sets_the_first_deadline(app, worker, g):
+    """A district's own SLA for a category overrides the default one from the first step."""
+    from datetime import datetime
+
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        district = s.execute(text("SELECT district_code FROM grid WHERE code = :c"), {"c": g["code"]}).scalar()
+        default = s.execute(text("SELECT sla_hours ->> 'reported' FROM incident_category WHERE code = 'noise' "
+                                 "AND district_code IS NULL")).scalar()
+        s.execute(text("INSERT INTO incident_category (district_code, code, name, sla_hours) VALUES "
+                       "(:d, 'noise', '噪声扰民', '{\"reported\": 30}')"), {"d": district})
+        s.commit()
+    try:
+        inc = file_report(worker, g, category="noise").json
+        hours = (datetime.fromisoformat(inc["deadline"]) - datetime.fromisoformat(inc["reported_at"])).total_seconds() / 3600
+        assert round(hours) == 30 and int(default) != 30
+    finally:
+        with app.extensions["gisgrid"]["sessions"]() as s:
+            s.execute(text("DELETE FROM incident_category WHERE district_code = :d AND code = 'noise'"), {"d": district})
+            s.commit()
+
+
 def test_retry_with_same_key_returns_the_first(app, worker, g):
     key = str(uuid.uuid4())
     body = {"category": "noise", "lon": g["lon"], "lat": g["lat"]}
@@ -300,7 +321,7 @@ def test_statistics_per_area_match_the_rows(app, centre):
     rows = centre.get("/api/stats?level=community").json
     assert rows and all(r["received"] >= r["open"] + r["resolved"] - 0 for r in rows)
     with app.extensions["gisgrid"]["sessions"]() as s:
-        truth = dict(s.execute(text("SELECT community_code, count(*) FROM incident WHERE community_code IS NOT NULL "
+        truth = dict(s.execute(text("SELECT community_code, count(*) FROM incident NATURAL LEFT JOIN incident_link WHERE community_code IS NOT NULL "
                                     "GROUP BY 1")).all())
     assert {r["code"]: r["received"] for r in rows} == truth
     one = rows[0]

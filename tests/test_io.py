@@ -134,14 +134,14 @@ def test_kml_imports_points_and_polygons(world, tmp_path):
     pts.to_file(tmp_path / "places.kml", driver="LIBKML", engine="pyogrio")
     rep = importer.run(world, "place", tmp_path / "places.kml")
     assert rep.ok and rep.inserted == 2, rep.text()
-    got = world.execute(text("SELECT code, grid_code FROM place WHERE code LIKE 'K%' ORDER BY code")).all()
+    got = world.execute(text("SELECT code, grid_code FROM place LEFT JOIN place_link USING (id) WHERE code LIKE 'K%' ORDER BY code")).all()
     assert got == [("K1", COMMUNITY + "001"), ("K2", COMMUNITY + "002")]
     polys = gpd.GeoDataFrame({"code": ["B9"], "name": ["九号楼"], "households": [12]},
                              geometry=[box(114.004, 30.006, 114.005, 30.007)], crs="EPSG:4326")
     polys.to_file(tmp_path / "b.kml", driver="LIBKML", engine="pyogrio")
     rep = importer.run(world, "building", tmp_path / "b.kml")
     assert rep.ok and rep.inserted == 1, rep.text()
-    assert world.execute(text("SELECT households, grid_code FROM building WHERE code = 'B9'")).one() == (12, COMMUNITY + "001")
+    assert world.execute(text("SELECT households, grid_code FROM building LEFT JOIN building_link USING (id) WHERE code = 'B9'")).one() == (12, COMMUNITY + "001")
 
 
 def test_spreadsheet_has_chinese_headers_and_resolved_names(world, tmp_path):
@@ -199,7 +199,7 @@ def test_gcj02_csv_is_converted_and_linked(world, tmp_path):
     path = places_csv(tmp_path / "p.csv", [{"编码": "N1", "名称": "新店", "类别": "shop", "经度": glon, "纬度": glat}])
     rep = importer.run(world, "place", path, crs="gcj02", actor="test")
     assert rep.ok and rep.inserted == 1 and rep.crs == "gcj02", rep.text()
-    x, y, grid = world.execute(text("SELECT ST_X(geom), ST_Y(geom), grid_code FROM place WHERE code = 'N1'")).one()
+    x, y, grid = world.execute(text("SELECT ST_X(geom), ST_Y(geom), grid_code FROM place LEFT JOIN place_link USING (id) WHERE code = 'N1'")).one()
     assert abs(x - wlon) < 1e-8 and abs(y - wlat) < 1e-8 and grid == COMMUNITY + "001"
     audit = world.execute(text("SELECT action, after FROM audit_log WHERE entity = 'place' ORDER BY id DESC LIMIT 2")).all()
     assert audit[0].action == "import" and audit[0].after["inserted"] == 1 and audit[0].after["crs"] == "gcj02"
@@ -229,7 +229,7 @@ def test_grid_upsert_keeps_history_and_relinks(world, tmp_path):
     rows = world.execute(text("SELECT name, valid_to IS NULL FROM grid WHERE code = :c ORDER BY id"),
                          {"c": COMMUNITY + "001"}).all()
     assert rows == [("一网格", False), ("一网格(新)", True)]
-    assert world.execute(text("SELECT grid_code FROM building WHERE code = 'B2'")).scalar() == COMMUNITY + "001"
+    assert world.execute(text("SELECT grid_code FROM building LEFT JOIN building_link USING (id) WHERE code = 'B2'")).scalar() == COMMUNITY + "001"
 
 
 def test_replace_deletes_the_layer_first(world, tmp_path):
@@ -486,7 +486,7 @@ def test_a_large_file_takes_the_bulk_paths(world, tmp_path):
     assert rep.inserted == n - 1
     linked = world.execute(text("SELECT count(*) FILTER (WHERE grid_code = :g1 AND ST_X(geom) < 114.01) + "
                                 "count(*) FILTER (WHERE grid_code = :g2 AND ST_X(geom) > 114.01) "
-                                "FROM place WHERE code LIKE 'L%'"), {"g1": COMMUNITY + "001", "g2": COMMUNITY + "002"})
+                                "FROM place LEFT JOIN place_link USING (id) WHERE code LIKE 'L%'"), {"g1": COMMUNITY + "001", "g2": COMMUNITY + "002"})
     assert linked.scalar() == n - 1
 
 
@@ -496,5 +496,5 @@ def test_residents_with_points_only_are_linked_by_their_points(world, tmp_path):
             {"code": "RP3", "name": "孙八", "lon": 114.025, "lat": 30.015}]          # in the district, no grid
     rep = importer.run(world, "resident", places_csv(tmp_path / "r.csv", rows))
     assert rep.ok and rep.inserted == 3, rep.text()
-    got = world.execute(text("SELECT code, grid_code, district_code FROM resident WHERE code LIKE 'RP%' ORDER BY code")).all()
+    got = world.execute(text("SELECT code, grid_code, district_code FROM resident LEFT JOIN resident_link USING (id) WHERE code LIKE 'RP%' ORDER BY code")).all()
     assert got == [("RP1", COMMUNITY + "001", DISTRICT), ("RP2", COMMUNITY + "002", DISTRICT), ("RP3", None, DISTRICT)]

@@ -52,7 +52,7 @@ def upload(client, layer, rows, name="places.csv", **form):
 
 def places_in(app, pattern="WEBTEST-%"):
     with app.extensions["gisgrid"]["sessions"]() as s:
-        return s.execute(text("SELECT code, grid_code, ST_X(geom) AS x, ST_Y(geom) AS y FROM place "
+        return s.execute(text("SELECT code, grid_code, ST_X(geom) AS x, ST_Y(geom) AS y FROM place LEFT JOIN place_link USING (id) "
                               "WHERE code LIKE :p ORDER BY code"), {"p": pattern}).mappings().all()
 
 

@@ -27,14 +27,21 @@ from gisgrid import authz, pii
 from gisgrid.errors import InvalidInput
 from gisgrid.io import fields as F
 from gisgrid.io import formats
-from gisgrid.layers import audit
+from gisgrid.layers import audit, linking
 from gisgrid.spatial import crs as crs_mod
 
-# The link columns and the names they resolve to: the one place exports read them.
-_LINK_COLUMNS = ("t.grid_code, gg.name AS grid_name, t.community_code, ac.name AS community_name, "
-                 "t.street_code, ast.name AS street_name, t.district_code, ad.name AS district_name")
-_LINK_JOIN = ("LEFT JOIN grid gg ON gg.id = t.grid_id LEFT JOIN admin_area ac ON ac.code = t.community_code "
-              "LEFT JOIN admin_area ast ON ast.code = t.street_code LEFT JOIN admin_area ad ON ad.code = t.district_code")
+# The links (``<layer>_link l``) and the names they resolve to: the one place exports read them.
+_LINK_COLUMNS = ("l.grid_code, gg.name AS grid_name, l.community_code, ac.name AS community_name, "
+                 "l.street_code, ast.name AS street_name, l.district_code, ad.name AS district_name")
+
+
+def _link_join(layer: str) -> str:
+    return (linking.join_sql(layer, "t", "l") + " LEFT JOIN grid gg ON gg.id = l.grid_id "
+            "LEFT JOIN admin_area ac ON ac.code = l.community_code LEFT JOIN admin_area ast "
+            "ON ast.code = l.street_code LEFT JOIN admin_area ad ON ad.code = l.district_code")
+
+
+
 _AREA_COLUMNS = ("t.community_code, ac.name AS community_name, t.street_code, ast.name AS street_name, "
                  "t.district_code, ad.name AS district_name")
 _AREA_JOIN = ("LEFT JOIN admin_area ac ON ac.code = t.community_code LEFT JOIN admin_area ast "
@@ -55,7 +62,7 @@ def _select(spec: F.Layer, unmask: bool) -> str:
     elif spec.name == "grid":
         extra, join = _AREA_COLUMNS, _AREA_JOIN
     elif spec.linked:
-        extra, join = _LINK_COLUMNS, _LINK_JOIN
+        extra, join = _LINK_COLUMNS, _link_join(spec.name)
     else:
         extra, join = "", ""
     if spec.name == "resident":
@@ -70,7 +77,7 @@ def _where(spec: F.Layer, principal: authz.Principal, area: str | None) -> tuple
     elif spec.name == "grid":
         scope = authz.scope_sql(principal, "t", grid_col="code")
     elif spec.linked:
-        scope = authz.scope_sql(principal, "t")
+        scope = authz.scope_sql(principal, "l")
     else:
         scope = authz.area_geom_sql(principal, "t")
     conds, params = [scope[0]], dict(scope[1])
@@ -86,8 +93,8 @@ def _where(spec: F.Layer, principal: authz.Principal, area: str | None) -> tuple
             conds.append("(t.code = :area OR t.community_code = :area OR t.street_code = :area "
                          "OR t.district_code = :area)")
         elif spec.linked:
-            conds.append("(t.grid_code = :area OR t.community_code = :area OR t.street_code = :area "
-                         "OR t.district_code = :area)")
+            conds.append("(l.grid_code = :area OR l.community_code = :area OR l.street_code = :area "
+                         "OR l.district_code = :area)")
         else:
             conds.append("EXISTS (SELECT 1 FROM admin_area a WHERE a.code = :area AND ST_Intersects(a.geom, t.geom)) "
                          "OR EXISTS (SELECT 1 FROM grid g WHERE g.valid_to IS NULL AND g.code = :area "
@@ -221,7 +228,8 @@ def export(session: Session, layer: str, path, *, fmt: str | None = None, crs: s
             "INSERT INTO audit_log (actor, action, entity, entity_id, reason, after) "
             "SELECT :a, 'read_pii', 'resident', CAST(t.id AS text), :r, "
             "jsonb_build_object('code', t.code, 'fields', jsonb_build_array('id_number', 'phone'), 'via', 'export') "
-            f"FROM resident t WHERE {where}"), {**params, "a": principal.username, "r": reason.strip()[:500]})
+            f"FROM resident t {linking.join_sql('resident', 't', 'l')} WHERE {where}"),
+            {**params, "a": principal.username, "r": reason.strip()[:500]})
     audit.record(session, principal.username, "export", layer, None,
                  after={"format": fmt, "crs": target, "area": area, "rows": len(frame), "unmasked": unmask})
     return len(frame)

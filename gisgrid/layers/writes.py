@@ -264,12 +264,9 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     extra = [c for c in frame.columns if c not in own]
     if set(extra) - {"building_code"}:
         raise InvalidInput(f"columns {sorted(set(extra) - {'building_code'})} are not columns of {table}")
-    # New records (insert, replace) are located before the insert writes them with their links;
-    # an upsert may leave a record's anchor out of the file, so it links after writing.
+    # New records (insert, replace) get their ids in the staging table and are linked from it,
+    # polygon-driven; an upsert may leave a record's anchor out of the file: linked after writing.
     prelink = layer in linking.ORDER and mode != "upsert"
-    if prelink:
-        frame["_n"] = range(len(frame))
-        extra.append("_n")
     if "geom" in frame:
         frame["geom"] = ewkb_hex(frame["geom"].to_numpy())
     for c in frame.columns:                       # JSONB and arrays as their text forms for COPY
@@ -287,19 +284,18 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
             session.execute(text(
                 f"CREATE TEMP TABLE _gisgrid_stage ON COMMIT DROP AS SELECT {', '.join(cols)} FROM {table} WITH NO DATA"))
             by_building = "building_code" in extra
-            for c, kind in (("building_code", "text"), ("_n", "bigint")):
-                if c in extra:
-                    session.execute(text(f"ALTER TABLE _gisgrid_stage ADD COLUMN {c} {kind}"))
+            if by_building:
+                session.execute(text("ALTER TABLE _gisgrid_stage ADD COLUMN building_code text"))
+            if prelink:        # COPY fills it from the layer's sequence (the name from the catalogue)
+                seq = session.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}).scalar_one()
+                session.execute(text(f"ALTER TABLE _gisgrid_stage ADD COLUMN id bigint "
+                                     f"DEFAULT nextval('{seq}'::regclass)"))
             copy_frame(session, "_gisgrid_stage", frame[cols + extra])
             counts["deleted"], retired = _clear_for(session, layer, table, mode, actor)
-            values = cols + (["building_id"] if by_building else [])
-            select_ = [_or_default(model, c) for c in cols] + (["b.id"] if by_building else [])
+            values = (["id"] if prelink else []) + cols + (["building_id"] if by_building else [])
+            select_ = (["s.id"] if prelink else []) + [_or_default(model, c) for c in cols] \
+                + (["b.id"] if by_building else [])
             join = " LEFT JOIN building b ON b.code = s.building_code" if by_building else ""
-            if prelink:
-                linking.locate_staged(session, layer, "_gisgrid_stage")
-                values += list(linking.LINK_COLUMNS)
-                select_ += [f"l.{c}" for c in linking.LINK_COLUMNS]
-                join += " LEFT JOIN _gisgrid_located l ON l._n = s._n"
             values, select_ = ", ".join(values), ", ".join(select_)
             conflict = ""
             if mode == "upsert" and layer != "grid":
@@ -310,6 +306,8 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
                 f"CREATE TEMP TABLE _gisgrid_written ON COMMIT DROP AS WITH w AS ("
                 f"INSERT INTO {table} ({values}) SELECT {select_} FROM _gisgrid_stage s{join}{conflict} "
                 f"RETURNING id, code, (xmax = 0) AS created) SELECT * FROM w"))
+            if prelink:
+                linking.link_staged(session, layer, "_gisgrid_stage")
             session.execute(text("DROP TABLE _gisgrid_stage"))
             row = session.execute(text("SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) "
                                        "FROM _gisgrid_written")).one()

@@ -335,7 +335,7 @@ def request_list(fmt):
     days; ``end_date`` alone: the 90 days before it)."""
     fmt = _format(fmt)
     a, s = request.args, db()
-    scope = authz.scope_sql(principal(), "i")
+    scope = authz.scope_sql(principal(), "l")
     ids = a.get("service_request_id")
     if ids:
         codes = list(dict.fromkeys(c.strip() for c in ids.split(",") if c.strip()))
@@ -364,7 +364,7 @@ def request_list(fmt):
 def request_detail(service_request_id, fmt):
     """One service request (a list of one, as the spec shows); 404 outside the jurisdiction."""
     fmt = _format(fmt)
-    d = incidents.detail(db(), service_request_id, authz.scope_sql(principal(), "i"))
+    d = incidents.detail(db(), service_request_id, authz.scope_sql(principal(), "l"))
     return _respond(fmt, _requests([d]), "service_requests", "request")
 
 

@@ -68,7 +68,7 @@ def one_map():
     t = i18n.t
     s = db()
     who = principal()
-    scope, grid_scope, area_scope = authz.scope_sql(who), authz.scope_sql(who, "g", grid_col="code"), \
+    scope, grid_scope, area_scope = authz.scope_sql(who, "l"), authz.scope_sql(who, "g", grid_col="code"), \
         authz.admin_area_sql(who)
     district = admin_areas.district(s)
     cfg = settings()
