@@ -104,7 +104,15 @@ def reset(conn) -> float:
 
 # -- variants: each runs one committed transaction and returns rows written -----------------------
 def v_gisgrid(ctx):
+    import logging
+
     from gisgrid.layers import linking
+
+    if not linking.log.handlers:       # print the split of gisgrid's time by step
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("    %(message)s"))
+        linking.log.addHandler(handler)
+        linking.log.setLevel(logging.INFO)
 
     with ctx["Session"].begin() as s:
         return linking.relink(s, ("incident",))["incident"]

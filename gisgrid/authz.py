@@ -101,11 +101,21 @@ def scope_sql(principal: Principal, alias: str = "", *, grid_col: str = "grid_co
     p = f"{alias}." if alias else ""
     lv = principal.levels
     conds, params = [], {}
-    for level, col in (("district", "district_code"), ("street", "street_code"),
-                       ("community", "community_code"), ("grid", grid_col)):
-        if lv[level]:
-            conds.append(f"{p}{col} = ANY(:jur_{level})")
-            params[f"jur_{level}"] = lv[level]
+    chain = (("district", "district_code", 6), ("street", "street_code", 9), ("community", "community_code", 12),
+             ("grid", grid_col, None))
+    for depth, (level, col, _) in enumerate(chain):
+        if not lv[level]:
+            continue
+        # the level's codes, with the parents they imply, so one (district, street, community,
+        # grid) index serves every level: e.g. street 420103001000 → district 420103000000
+        parts = []
+        for plevel, pcol, digits in chain[:depth]:
+            parents = sorted({c[:digits].ljust(12, "0") for c in lv[level]})
+            parts.append(f"{p}{pcol} = ANY(:jur_{level}_{plevel})")
+            params[f"jur_{level}_{plevel}"] = parents
+        parts.append(f"{p}{col} = ANY(:jur_{level})")
+        params[f"jur_{level}"] = lv[level]
+        conds.append("(" + " AND ".join(parts) + ")")
     return ("(" + " OR ".join(conds) + ")" if conds else "FALSE"), params
 
 

@@ -145,10 +145,16 @@ def db_downgrade(revision):
 
 # -- data -------------------------------------------------------------------------------------
 @main.command()
-def link():
+@click.option("-v", "--verbose", is_flag=True, help="print how long each step of each layer took")
+def link(verbose):
     """Recompute every record's grid/community/street/district links in bulk."""
+    import logging
+
     from gisgrid.layers import linking
 
+    if verbose:
+        logging.basicConfig(format="%(message)s")
+        linking.log.setLevel(logging.INFO)
     with _session() as (engine, Session):
         t0 = time.perf_counter()
         with Session.begin() as s:

@@ -2,6 +2,8 @@
 the grids with no request leaving the machine."""
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +32,7 @@ def server(demo_url):
     port = free_port()
     proc = subprocess.Popen([str(Path(sys.executable).parent / "gisgrid"), "serve"],
                             env=gisgrid_env(GISGRID_DATABASE_URL=demo_url, GISGRID_PORT=str(port)),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while True:
@@ -39,14 +41,29 @@ def server(demo_url):
             break
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                raise RuntimeError(f"server did not come up: {proc.stdout.read()}")
+                out = proc.stdout.read()
+                proc.stdout.close()
+                raise RuntimeError(f"server did not come up: {out}")
             time.sleep(0.2)
     yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-    proc.stdout.close()
+    stop(proc)
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    """Stop `gisgrid serve` and its workers: SIGTERM (gunicorn finishes what is in flight), and
+    SIGKILL to the whole group should that take over 30 s."""
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    finally:
+        proc.stdout.close()
 
 
 def test_one_map_draws_grids_offline(server, demo_passwords):

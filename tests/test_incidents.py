@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 import uuid
 
@@ -356,3 +357,49 @@ def test_statistics_spreadsheets(app, centre):
     assert ws["A1"].value == "area code" and ws.max_row == len(table)
     # the viewer may read figures but not download spreadsheets
     assert login_as(app, "viewer").get("/api/stats?format=csv").status_code == 403
+
+
+def test_duplicate_distance_is_configurable_and_exact(two_grids):
+    """Offered when within the distance (geodesic metres), not beyond it; the window is a setting."""
+    from gisgrid.layers import incidents
+
+    s = two_grids
+    lon, lat = 114.005, 30.005
+    first, _ = incidents.report(s, "t", category="gas", lon=lon, lat=lat)
+    east = 1 / (111_320 * math.cos(math.radians(lat)))     # degrees of longitude per metre
+    near, _ = incidents.report(s, "t", category="gas", lon=lon + 45 * east, lat=lat)
+    far, _ = incidents.report(s, "t", category="gas", lon=lon + 60 * east, lat=lat, duplicate_metres=50)
+    wide, _ = incidents.report(s, "t", category="gas", lon=lon + 60 * east, lat=lat + 0.0001, duplicate_metres=100)
+    assert [d["code"] for d in near["possible_duplicates"]] == [first["code"]]
+    assert first["code"] not in [d["code"] for d in far["possible_duplicates"]]
+    assert first["code"] in [d["code"] for d in wide["possible_duplicates"]]
+    other, _ = incidents.report(s, "t", category="noise", lon=lon, lat=lat)
+    assert other["possible_duplicates"] == []
+
+
+def test_the_command_centre_edits_its_districts_catalogue(app, centre, worker, g):
+    """A district's own category and deadlines, audited; refused to field staff, to anyone for
+    the default catalogue but an administrator, and for a district outside one's jurisdiction."""
+    body = {"name": "违章搭建", "name_en": "Illegal construction", "sla_hours": {"reported": 3, "handling": 96}}
+    r = centre.put("/api/categories/illegal_building", json=body, headers={"X-CSRFToken": csrf(centre)})
+    assert r.status_code == 200, r.json
+    assert r.json["district_code"] == "420103000000" and r.json["sla_hours"] == {"reported": 3, "handling": 96}
+    listed = {c["code"]: c for c in centre.get("/api/categories").json}
+    assert listed["illegal_building"]["name"] == "违章搭建"
+    assert "illegal_building" not in {c["code"] for c in centre.get("/api/categories?district=999999000000").json}
+    inc = file_report(worker, g, category="illegal_building").json
+    assert inc["category"] == "illegal_building"
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        assert s.execute(text("SELECT after ->> 'name' FROM audit_log WHERE entity = 'incident_category' "
+                              "AND entity_id = '420103000000:illegal_building'")).scalar() == "违章搭建"
+    for client, extra, status, field in (
+            (worker, {}, 403, None),
+            (centre, {"district": None}, 403, None),
+            (centre, {"district": "420104000000"}, 404, "district"),
+            (centre, {"sla_hours": {"closed": 3}}, 400, "sla_hours"),
+            (centre, {"sla_hours": {"reported": 0}}, 400, "sla_hours"),
+            (centre, {"sla_hours": {"reported": "2"}}, 400, "sla_hours"),
+            (centre, {"colour": "red"}, 400, "colour")):
+        r = client.put("/api/categories/illegal_building", json={**body, **extra},
+                       headers={"X-CSRFToken": csrf(client)})
+        assert r.status_code == status and (field is None or r.json["field"] == field), (extra, r.json)

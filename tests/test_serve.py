@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from conftest import gisgrid_env
-from test_browser import free_port
+from test_browser import free_port, stop
 
 
 def start(url: str, port: int, **env) -> subprocess.Popen:
@@ -36,19 +36,17 @@ def start(url: str, port: int, **env) -> subprocess.Popen:
             return proc
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
-                kill(proc)
-                raise RuntimeError(f"server did not come up: {proc.stdout.read()}")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                out = proc.stdout.read()
+                proc.stdout.close()
+                raise RuntimeError(f"server did not come up: {out}")
             time.sleep(0.2)
 
 
 def kill(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
     """Signal the server's whole process group (the gunicorn master and its workers)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=20)
-    proc.stdout.close()
+    stop(proc, sig)
 
 
 def test_limits_are_shared_by_the_worker_processes(demo_url):

@@ -7,6 +7,7 @@ an incident between which states lives in :mod:`gisgrid.workflow` and nowhere el
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from sqlalchemy import (Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer, String, Text,
@@ -146,6 +147,53 @@ def categories(session, district_code: str | None = None) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+def set_category(session, actor: str, code: str, *, district_code: str | None, name: str, sla_hours: dict,
+                 name_en: str | None = None, active: bool = True) -> dict:
+    """Add or change a category of a district's catalogue (``district_code`` None: the default
+    catalogue every district falls back to). ``sla_hours`` gives the hours allowed in each open
+    state (the deadline of that step). Audited with the values before and after."""
+    from sqlalchemy import text
+
+    from gisgrid.errors import InvalidInput, UnknownReference
+    from gisgrid.layers import audit
+
+    if not isinstance(code, str) or not code or len(code) > 40 or not code.replace("_", "").isalnum():
+        raise InvalidInput(f"code must be 1–40 letters, digits or '_', got {code!r}", field="code")
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise InvalidInput("name must be 1–100 characters", field="name")
+    if name_en is not None and (not isinstance(name_en, str) or len(name_en) > 100):
+        raise InvalidInput("name_en must be at most 100 characters", field="name_en")
+    if not isinstance(active, bool):
+        raise InvalidInput(f"active must be true or false, got {active!r}", field="active")
+    if not isinstance(sla_hours, dict) or not sla_hours:
+        raise InvalidInput("sla_hours must be an object of state → hours", field="sla_hours")
+    steps = [s for s in STATES if s != "closed"]
+    for state, hours in sla_hours.items():
+        if state not in steps:
+            raise InvalidInput(f"sla_hours: {state!r} is not a state with a deadline; states: {', '.join(steps)}",
+                               field="sla_hours")
+        if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= 8760:
+            raise InvalidInput(f"sla_hours.{state} must be a whole number of hours, 1–8760, got {hours!r}",
+                               field="sla_hours")
+    if district_code is not None and session.execute(text(
+            "SELECT 1 FROM admin_area WHERE code = :d AND level = 'district'"), {"d": district_code}).scalar() is None:
+        raise UnknownReference(f"no district {district_code!r}", field="district")
+    before = session.execute(text(
+        "SELECT name, name_en, sla_hours, active FROM incident_category WHERE code = :c "
+        "AND district_code IS NOT DISTINCT FROM :d"), {"c": code, "d": district_code}).mappings().first()
+    row = session.execute(text(
+        "INSERT INTO incident_category (district_code, code, name, name_en, sla_hours, active) "
+        "VALUES (:d, :c, :n, :ne, CAST(:sla AS jsonb), :a) ON CONFLICT (district_code, code) DO UPDATE SET "
+        "name = EXCLUDED.name, name_en = EXCLUDED.name_en, sla_hours = EXCLUDED.sla_hours, active = EXCLUDED.active "
+        "RETURNING district_code, code, name, name_en, sla_hours, active"),
+        {"d": district_code, "c": code, "n": name.strip(), "ne": name_en, "sla": json.dumps(sla_hours),
+         "a": active}).mappings().one()
+    out = dict(row)
+    audit.record(session, actor, "update" if before else "create", "incident_category",
+                 f"{district_code or 'default'}:{code}", before=dict(before) if before else None, after=out)
+    return out
+
+
 def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", description="", address=None,
            source="patrol", reporter=None, accuracy_m=None, idempotency_key=None,
            duplicate_metres: float = DUPLICATE_METRES, duplicate_hours: float = DUPLICATE_HOURS) -> tuple[dict, bool]:
@@ -157,7 +205,6 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
     from sqlalchemy import text
 
     from gisgrid.errors import InvalidInput, UnknownReference
-    from gisgrid.layers import linking
     from gisgrid.spatial.crs import canonical, point_to_storage
 
     for name, value in (("description", description), ("address", address), ("reporter", reporter),
@@ -177,7 +224,6 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
             raise InvalidInput(f"accuracy_m must be between 0 and 100000, got {accuracy_m}", field="accuracy_m")
     p = point_to_storage(lon, lat, crs)
     crs = canonical(crs)        # gcj02, bd09 or EPSG:n, as stored in input_crs
-    linking.lock_writes(session, "incident")
     row = session.execute(text(_REPORT_SQL), {
         "key": idempotency_key, "cat": category, "descr": description or "", "addr": address, "src": source,
         "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": p.x, "y": p.y, "actor": actor,

@@ -15,9 +15,10 @@ Two paths, one rule:
   or an import (`gisgrid link`). Polygon-driven: the outer loop runs over the grids and probes
   the GiST index of the points, so PostGIS reuses each grid's prepared geometry for all the
   points it holds. The result goes into a fresh table that replaces the old one in a short
-  swap at the end; readers are never blocked except during that swap. Writers of links
-  (``link_ids``) wait for the rebuild of their layer (an advisory lock), so no link written
-  meanwhile is lost.
+  swap at the end; readers are never blocked except during that swap. Writers of links wait
+  for the rebuild of their layer (it holds the old link table in EXCLUSIVE mode, which lets
+  readers in); then PostgreSQL looks the table's name up again and their rows land in the new
+  table: no link written meanwhile is lost.
 
 The rule (``grids.LOOKUP_SQL`` states it for a single point): a record belongs to the current
 grid that intersects its anchor point; a point on an edge shared by several grids belongs to the
@@ -35,13 +36,16 @@ them without locking the layer tables.
 """
 from __future__ import annotations
 
+import logging
 import re
-import zlib
+import time
 
 from sqlalchemy import Column, Index, Integer, String, Table, text
 from sqlalchemy.orm import Session
 
 from gisgrid.db.base import Base
+
+log = logging.getLogger(__name__)
 
 #: layer table → column holding the point the layer is linked by
 ANCHORS = {"building": "anchor", "place": "geom", "patrol_point": "geom", "patrol_route": "anchor",
@@ -52,13 +56,19 @@ COLUMNS = ("grid_id", "grid_code", "community_code", "street_code", "district_co
 
 
 def _link_table(layer: str) -> Table:
+    """Codes compare bytewise (COLLATE "C": digits, and index builds sort them fastest). One
+    index serves every jurisdiction filter: admin codes nest (a street code starts with its
+    district's six digits, a grid code with its community's twelve), so
+    :func:`gisgrid.authz.scope_sql` names the parents of each code it filters on, and every
+    level's condition is a prefix of (district, street, community, grid)."""
     name = f"{layer}_link"
     return Table(
         name, Base.metadata,
         Column("id", Integer, primary_key=True, autoincrement=False),
-        Column("grid_id", Integer), Column("grid_code", String(20)), Column("community_code", String(12)),
-        Column("street_code", String(12)), Column("district_code", String(12)),
-        *(Index(f"ix_{name}_{c}", c) for c in COLUMNS))
+        Column("grid_id", Integer), Column("grid_code", String(20, collation="C")),
+        Column("community_code", String(12, collation="C")), Column("street_code", String(12, collation="C")),
+        Column("district_code", String(12, collation="C")),
+        Index(f"ix_{name}_area", "district_code", "street_code", "community_code", "grid_code"))
 
 
 #: layer → its link table
@@ -107,18 +117,6 @@ def _located(table: str, where: str) -> str:
     return f"WITH src AS (SELECT id, {ANCHORS[table]} AS pt FROM {table} r WHERE {where}) {_LOCATE}"
 
 
-def _lock_key(table: str) -> int:
-    return zlib.crc32(f"gisgrid.link.{table}".encode()) & 0x7FFFFFFF
-
-
-def lock_writes(session: Session, table: str) -> None:
-    """Take, for the rest of the caller's transaction, the right to write ``table``'s links;
-    it waits while :func:`relink` rebuilds them. Call it in its own statement before any
-    statement that writes ``<table>_link`` (a statement names the table it writes when it
-    starts, and a rebuild replaces that table)."""
-    session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _lock_key(table)})
-
-
 def link_ids(session: Session, table: str, ids: list[int]) -> int:
     """Link the records ``ids`` of ``table`` (just inserted or moved). Returns rows changed.
 
@@ -128,7 +126,6 @@ def link_ids(session: Session, table: str, ids: list[int]) -> int:
     _check(table)
     if not ids:
         return 0
-    lock_writes(session, table)
     link = f"{table}_link"
     return session.execute(text(
         f"INSERT INTO {link} AS k (id, {_LIST}) {_located(table, 'r.id = ANY(:ids)')} "
@@ -160,6 +157,13 @@ def _fill(session: Session, table: str, new: str) -> None:
 
 def _rebuild(session: Session, table: str) -> int:
     link, new = f"{table}_link", f"{table}_link_new"
+    steps, t0 = [], time.perf_counter()
+
+    def step(name):
+        nonlocal t0
+        steps.append(f"{name} {time.perf_counter() - t0:.2f} s")
+        t0 = time.perf_counter()
+
     indexes = session.execute(text(
         "SELECT i.relname AS name, pg_get_indexdef(i.oid) AS ddl, c.conname AS constraint "
         "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
@@ -168,8 +172,11 @@ def _rebuild(session: Session, table: str) -> int:
     assert all(ix["constraint"] is None or ix["name"] == f"pk_{link}" for ix in indexes), indexes
     session.execute(text(f"DROP TABLE IF EXISTS {new}"))
     session.execute(text(f"CREATE TABLE {new} (LIKE {link} INCLUDING DEFAULTS)"))
-    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(table)})
+    # Writers wait from here to the commit; readers go on reading the old table until the swap.
+    session.execute(text(f"LOCK TABLE {link} IN EXCLUSIVE MODE"))
+    step("lock")
     _fill(session, table, new)
+    step("fill")
     for ix in indexes:       # built after the rows are in: one sort each, no per-row inserts
         tmp = f"{ix['name']}__new"
         if ix["constraint"]:
@@ -178,10 +185,12 @@ def _rebuild(session: Session, table: str) -> int:
             ddl = re.sub(rf"^(CREATE (?:UNIQUE )?INDEX) {ix['name']} ON (ONLY )?((?:\S+\.)?){link} ",
                          rf"\1 {tmp} ON \2\3{new} ", ix["ddl"])
             session.execute(text(ddl))
+    step(f"{len(indexes)} indexes")
     changed = session.execute(text(
         f"SELECT count(*) FROM {link} o FULL JOIN {new} n ON n.id = o.id "
         f"WHERE (o.id, o.grid_id, o.grid_code, o.community_code, o.street_code, o.district_code) IS DISTINCT FROM "
         f"(n.id, n.grid_id, n.grid_code, n.community_code, n.street_code, n.district_code)")).scalar_one()
+    step("count changes")
     # The swap: readers of the old table finish first; the new one takes its name and index names.
     session.execute(text(f"DROP TABLE {link}"))
     session.execute(text(f"ALTER TABLE {new} RENAME TO {link}"))
@@ -191,6 +200,8 @@ def _rebuild(session: Session, table: str) -> int:
         else:
             session.execute(text(f"ALTER INDEX {ix['name']}__new RENAME TO {ix['name']}"))
     session.execute(text(f"ANALYZE {link}"))
+    step("swap + analyze")
+    log.info("relink %s: %s; %d changed", table, ", ".join(steps), changed)
     return changed
 
 
@@ -227,7 +238,6 @@ def link_staged(session: Session, table: str, stage: str) -> None:
     _check(table)
     anchor = _STAGED_ANCHORS.get(table, "s.geom")
     where = "s.building_code IS NULL AND s.geom IS NOT NULL" if table == "resident" else "s.geom IS NOT NULL"
-    lock_writes(session, table)
     link = f"{table}_link"
     session.execute(text("DROP TABLE IF EXISTS _gisgrid_pts"))
     session.execute(text(f"CREATE TEMP TABLE _gisgrid_pts ON COMMIT DROP AS SELECT s.id, {anchor} AS pt "
@@ -253,7 +263,6 @@ def link_written(session: Session, table: str, ids_table: str) -> int:
     """:func:`link_ids` for the ids in the temporary table ``ids_table`` (a name the caller
     made, never input): an upsert's written rows, without shipping the ids through Python."""
     _check(table)
-    lock_writes(session, table)
     return session.execute(text(
         f"INSERT INTO {table}_link AS k (id, {_LIST}) {_located(table, f'r.id IN (SELECT id FROM {ids_table})')} "
         f"ON CONFLICT (id) DO UPDATE SET {_UPSERT_SET} "

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from gisgrid import authz, workflow
 from gisgrid.errors import InvalidInput, NotFound
 from gisgrid.layers import incidents, photos
-from gisgrid.web import db
+from gisgrid.web import db, settings
 from gisgrid.web.auth import check_pagination, limiter, needs, principal
 
 bp = Blueprint("incidents", __name__, url_prefix="/api")
@@ -57,7 +57,68 @@ def category_list():
                     sla_hours: {type: object, additionalProperties: {type: integer}}
         401: {$ref: '#/components/responses/Unauthenticated'}
     """
-    return jsonify(incidents.categories(db()))
+    return jsonify(incidents.categories(db(), _district(request.args.get("district"))))
+
+
+def _district(asked: str | None) -> str | None:
+    """The district whose catalogue the caller means: the one asked for, else the one district
+    of the caller's jurisdiction (None: the default catalogue, or a jurisdiction over several)."""
+    if asked:
+        return asked
+    districts = {c[:6] + "000000" for c in principal().jurisdiction}
+    return districts.pop() if len(districts) == 1 else None
+
+
+@bp.put("/categories/<code>")
+@needs("dispatch")
+def category_set(code):
+    """Add or change a category of a district's catalogue (its deadlines per step). The command
+    centre edits its own district's catalogue; an administrator also the default one
+    (``district: null``) that districts without their own category fall back to.
+    ---
+    put:
+      summary: Set an incident category (设置事件类别与时限)
+      parameters:
+        - {name: code, in: path, required: true, schema: {type: string, maxLength: 40}}
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [name, sla_hours]
+              additionalProperties: false
+              properties:
+                district: {type: string, nullable: true, description: "12-digit district code; default the caller's"}
+                name: {type: string, maxLength: 100}
+                name_en: {type: string, maxLength: 100, nullable: true}
+                sla_hours: {type: object, additionalProperties: {type: integer, minimum: 1, maximum: 8760}}
+                active: {type: boolean, default: true}
+      responses:
+        200: {description: the category as stored}
+        400: {$ref: '#/components/responses/BadRequest'}
+        401: {$ref: '#/components/responses/Unauthenticated'}
+        403: {$ref: '#/components/responses/Forbidden'}
+        422: {$ref: '#/components/responses/Unprocessable'}
+    """
+    body = _json_body({"district", "name", "name_en", "sla_hours", "active"})
+    missing = [k for k in ("name", "sla_hours") if k not in body]
+    if missing:
+        raise InvalidInput(f"missing required field(s): {', '.join(missing)}", field=missing[0])
+    p = principal()
+    district = body["district"] if "district" in body else _district(None)
+    if district is not None and not isinstance(district, str):
+        raise InvalidInput(f"district must be a 12-digit code or null, got {district!r}", field="district")
+    if district is None and not p.everywhere:
+        raise authz.Forbidden("only an administrator may edit the default catalogue; name your district")
+    if district is not None and not authz.covers(p, {"district_code": district}):
+        raise NotFound(f"no district {district!r} in your jurisdiction", field="district")
+    s = db()
+    out = incidents.set_category(s, p.username, code, district_code=district, name=body["name"],
+                                 name_en=body.get("name_en"), sla_hours=body["sla_hours"],
+                                 active=body.get("active", True))
+    s.commit()
+    return jsonify(out)
 
 
 @bp.post("/incidents")
@@ -110,7 +171,8 @@ def report():
         s, principal().username, category=body["category"], lon=body["lon"], lat=body["lat"],
         crs=body.get("crs", "EPSG:4326"), description=body.get("description", ""), address=body.get("address"),
         source=body.get("source", "patrol"), reporter=body.get("reporter"), accuracy_m=body.get("accuracy_m"),
-        idempotency_key=key)
+        idempotency_key=key, duplicate_metres=settings().duplicate_metres,
+        duplicate_hours=settings().duplicate_hours)
     s.commit()
     return jsonify(out), (201 if created else 200)
 
