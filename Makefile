@@ -1,5 +1,5 @@
 # The README's two commands. Both install what is missing first (scripts/bootstrap.sh).
-.PHONY: demo test setup bench-link
+.PHONY: demo test setup bench-link bench-import
 
 demo:
 	@scripts/bootstrap.sh demo
@@ -15,3 +15,7 @@ setup:
 bench-link:
 	@scripts/bootstrap.sh demo
 	.venv/bin/python bench/link.py
+
+bench-import:
+	@scripts/bootstrap.sh bench
+	.venv/bin/python bench/import.py

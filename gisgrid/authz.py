@@ -141,3 +141,15 @@ def admin_area_sql(principal: Principal, alias: str = "") -> tuple[str, dict]:
                        | {c[:12] for c in codes if len(c) > 12})
     inside, params = scope_sql(principal, alias, grid_col="NULL")
     return f"({inside} OR {p}code = ANY(:jur_ancestors))", {**params, "jur_ancestors": ancestors}
+
+
+def area_geom_sql(principal: Principal, alias: str = "") -> tuple[str, dict]:
+    """Unlinked records (roads) visible to the principal: those whose geometry meets an admin
+    area or current grid of the jurisdiction."""
+    if principal.everywhere:
+        return "TRUE", {}
+    p = f"{alias}." if alias else ""
+    codes = list(principal.jurisdiction)
+    return ("(EXISTS (SELECT 1 FROM admin_area ja WHERE ja.code = ANY(:jur_codes) AND ST_Intersects(ja.geom, "
+            f"{p}geom)) OR EXISTS (SELECT 1 FROM grid jg WHERE jg.valid_to IS NULL AND jg.code = ANY(:jur_codes) "
+            f"AND ST_Intersects(jg.geom, {p}geom)))"), {"jur_codes": codes}

@@ -382,6 +382,99 @@ def patrol_coverage_cmd(level, distance, method):
                    f"{r['households']}\t{r['households_covered']}")
 
 
+_LAYERS = click.Choice(["admin_area", "grid", "building", "resident", "place", "patrol_point", "patrol_route",
+                        "road", "incident"])
+
+
+def _mapping(pairs) -> dict[str, str]:
+    from gisgrid.errors import InvalidInput
+
+    out = {}
+    for p in pairs:
+        target, sep, column = p.partition("=")
+        if not sep or not target.strip() or not column.strip():
+            raise InvalidInput(f"--map must be field=column, got {p!r}", field="map")
+        out[target.strip()] = column.strip()
+    return out
+
+
+@main.command("import")
+@click.argument("layer", type=_LAYERS)
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--crs", help="CRS of the coordinates: EPSG:n (4326, 4490, a Gauss-Krüger zone…), gcj02 or bd09; "
+                            "default: what the file declares, else EPSG:4326")
+@click.option("--map", "pairs", multiple=True, metavar="FIELD=COLUMN", help="read FIELD from COLUMN (repeat)")
+@click.option("--mode", type=click.Choice(["insert", "upsert", "replace"]), default="insert", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["geojson", "gpkg", "shp", "kml", "csv", "xlsx"]),
+              help="when the suffix does not tell")
+@click.option("--dry-run", is_flag=True, help="check everything, write nothing")
+@click.option("--skip-invalid", is_flag=True, help="write the good rows; the report goes beside the file")
+@click.option("--make-valid", is_flag=True, help="repair invalid polygons (the report says which)")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="where to write the report (CSV); default FILE.report.csv when there are problems")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def import_cmd(layer, path, crs, pairs, mode, fmt, dry_run, skip_invalid, make_valid, report_path, as_json):
+    """Import a layer file: all or nothing, every problem reported (row, field, value, reason).
+
+    Exit 0 when written (or a clean dry run), 2 when nothing was written because of problems."""
+    import json
+    from pathlib import Path
+
+    from gisgrid.db import migrate
+    from gisgrid.io import importer
+
+    mapping = _mapping(pairs)
+    with _session() as (engine, Session):
+        migrate.upgrade(engine)
+        bar = _Progress(f"import {layer}", 6)
+        try:
+            with Session.begin() as s:
+                rep = importer.run(s, layer, path, crs=crs, mapping=mapping, mode=mode, skip_invalid=skip_invalid,
+                                   make_valid=make_valid, dry_run=dry_run, fmt=fmt, actor=_actor(), progress=bar)
+        finally:
+            bar.close()
+    out = Path(report_path) if report_path else Path(str(path) + ".report.csv")
+    if rep.problems or report_path:
+        rep.write_csv(out)
+    click.echo(json.dumps(rep.to_dict(), ensure_ascii=False, default=str) if as_json else rep.text())
+    if rep.problems:
+        click.echo(f"report: {out}", err=True)
+    if not rep.written and not (dry_run and rep.ok):
+        sys.exit(2)
+
+
+@main.command("export")
+@click.argument("layer", type=_LAYERS)
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["geojson", "gpkg", "shp", "csv", "xlsx"]),
+              help="default: from the suffix (.geojson .gpkg .zip .csv .xlsx)")
+@click.option("--crs", default="EPSG:4326", show_default=True, help="EPSG:4326, EPSG:4490, gcj02, bd09 or EPSG:n")
+@click.option("--where", "where", multiple=True, metavar="area=CODE", help="only records of an admin area or grid")
+@click.option("--unmask", "reason", metavar="REASON", help="residents: clear ID numbers and phones (audited)")
+def export_cmd(layer, path, fmt, crs, where, reason):
+    """Export a layer to a file (Chinese headers in CSV/XLSX)."""
+    from gisgrid import authz
+    from gisgrid.errors import InvalidInput
+    from gisgrid.io import exporter
+
+    area = None
+    for w in where:
+        key, sep, value = w.partition("=")
+        if key.strip() != "area" or not sep:
+            raise InvalidInput(f"--where takes area=CODE, got {w!r}", field="where")
+        area = value.strip()
+    who = authz.Principal(_actor(), "admin")
+    with _session() as (engine, Session):
+        bar = _Progress(f"export {layer}", 3)
+        try:
+            with Session.begin() as s:
+                n = exporter.export(s, layer, path, fmt=fmt, crs=crs, principal=who, area=area,
+                                    unmask=reason is not None, reason=reason, progress=bar)
+        finally:
+            bar.close()
+    click.echo(f"{layer}: {n:,} records written to {path}")
+
+
 def _serve(settings):
     """gunicorn: ``settings.workers`` processes (default cores + 1, so Python's one-core-per-
     process limit does not cap the service) of ``settings.threads`` threads each. Each worker

@@ -44,6 +44,8 @@ class Settings:
     login_limit: str = "10 per minute"
     #: ``GISGRID_REPORT_LIMIT``: incident reports per user.
     report_limit: str = "120 per minute"
+    #: ``GISGRID_IMPORT_LIMIT_MB``: largest file an API import takes (other requests: 16 MB).
+    import_limit_mb: float = 64
     #: ``GISGRID_DUPLICATE_METRES`` / ``GISGRID_DUPLICATE_HOURS``: an open incident of the same
     #: category this near and this recent is offered as a possible duplicate of a new report.
     duplicate_metres: float = 50.0
@@ -86,6 +88,7 @@ def load(env: dict | None = None) -> Settings:
         cookie_secure=_bool(env.get("GISGRID_COOKIE_SECURE", "1")),
         login_limit=env.get("GISGRID_LOGIN_LIMIT", "10 per minute"),
         report_limit=env.get("GISGRID_REPORT_LIMIT", "120 per minute"),
+        import_limit_mb=float(env.get("GISGRID_IMPORT_LIMIT_MB", "64")),
         duplicate_metres=float(env.get("GISGRID_DUPLICATE_METRES", "50")),
         duplicate_hours=float(env.get("GISGRID_DUPLICATE_HOURS", "72")),
     )

@@ -8,6 +8,7 @@ what=${1:-demo}
 
 pkgs=(postgresql-15 postgresql-15-postgis-3)
 [ "$what" = test ] && pkgs+=(chromium fonts-noto-cjk)
+[ "$what" = bench ] && pkgs+=(gdal-bin)      # bench/import.py's anchor: ogr2ogr
 python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
 
 missing=()

@@ -94,6 +94,8 @@ MATRIX = {
     "POST /api/incidents/<code>/actions/<action>": "post",
     "POST /api/incidents/<code>/merge": "post",
     "POST /api/incidents/<code>/photos": "post",
+    "POST /api/import/<layer>": "post",
+    "GET /api/export/<layer>": "export",      # insider/outsider: test_transfer_web.py (planner roles)
     "PUT /api/categories/<code>": "post",
     "GET /open311/v2/services.<fmt>": "o311_services",
     "GET /open311/v2/services/<service_code>.<fmt>": "o311_service",
@@ -180,10 +182,10 @@ def url_for(kind, w) -> str:
             "patrol_coverage": "/api/patrol/coverage?level=grid", "patrol_uncovered": "/api/patrol/uncovered?distance=20",
             "patrol_compliance": "/api/patrol/compliance?by=point", "patrol_overdue": "/api/patrol/overdue",
             "patrol_stats": "/api/patrol/stats?level=grid",
-            "planner_page": "/planner"}[kind]
+            "planner_page": "/planner", "export": "/api/export/place"}[kind]
 
 
-@pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post", "plan", "planner_page"}))
+@pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post", "plan", "planner_page", "export"}))
 def test_insider_sees_it_outsider_does_not(app, world, kind):
     inside, outside = login_as(app, "gridworker"), login_as(app, "outsider")
     url = url_for(kind, world)

@@ -17,7 +17,7 @@ OPERATIONS = ["GET /api/me", "GET /api/locate", "GET /api/grids", "GET /api/admi
               "GET /api/residents", "GET /api/residents/{code}", "GET /api/categories", "GET /api/incidents",
               "POST /api/incidents", "GET /api/incidents/{code}", "POST /api/incidents/{code}/actions/{action}",
               "POST /api/incidents/{code}/merge", "POST /api/incidents/{code}/photos", "GET /api/photos/{sha256}",
-              "GET /api/stats", "PUT /api/categories/{code}",
+              "GET /api/stats", "PUT /api/categories/{code}", "POST /api/import/{layer}", "GET /api/export/{layer}",
               "GET /api/patrol/points", "POST /api/patrol/points", "GET /api/patrol/points/{code}",
               "PATCH /api/patrol/points/{code}", "DELETE /api/patrol/points/{code}", "GET /api/patrol/routes",
               "POST /api/patrol/routes", "PATCH /api/patrol/routes/{code}", "DELETE /api/patrol/routes/{code}",

@@ -205,7 +205,7 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
     from sqlalchemy import text
 
     from gisgrid.errors import InvalidInput, UnknownReference
-    from gisgrid.spatial.crs import point_to_storage
+    from gisgrid.spatial.crs import canonical, point_to_storage
 
     for name, value in (("description", description), ("address", address), ("reporter", reporter),
                         ("idempotency_key", idempotency_key)):
@@ -223,6 +223,7 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
         if not 0 <= accuracy_m <= 100_000:
             raise InvalidInput(f"accuracy_m must be between 0 and 100000, got {accuracy_m}", field="accuracy_m")
     p = point_to_storage(lon, lat, crs)
+    crs = canonical(crs)        # gcj02, bd09 or EPSG:n, as stored in input_crs
     row = session.execute(text(_REPORT_SQL), {
         "key": idempotency_key, "cat": category, "descr": description or "", "addr": address, "src": source,
         "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": p.x, "y": p.y, "actor": actor,

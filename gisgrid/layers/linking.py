@@ -220,3 +220,52 @@ def relink(session: Session, tables: tuple[str, ...] | None = None) -> dict[str,
     for t in tables:
         _check(t)
     return {t: _rebuild(session, t) for t in ORDER if t in tables}
+
+
+# -- imports ------------------------------------------------------------------------------------------
+#: the anchor of a staged (not yet inserted) record, as the table's generated column computes it
+_STAGED_ANCHORS = {"building": "ST_PointOnSurface(s.geom)", "patrol_route": "ST_PointOnSurface(s.geom)"}
+
+
+def link_staged(session: Session, table: str, stage: str) -> None:
+    """Link records staged for an import by the rule above, polygon-driven, into
+    ``<table>_link``: right for many rows (a lateral lookup each only for those no grid holds).
+
+    ``stage`` is a temporary table the caller made (a name, never input) holding ``id`` (the
+    id the record gets), ``geom`` and, for residents, ``building_code``. Link tables carry no
+    foreign key, so this may run before or after the records are inserted.
+    """
+    _check(table)
+    anchor = _STAGED_ANCHORS.get(table, "s.geom")
+    where = "s.building_code IS NULL AND s.geom IS NOT NULL" if table == "resident" else "s.geom IS NOT NULL"
+    link = f"{table}_link"
+    session.execute(text("DROP TABLE IF EXISTS _gisgrid_pts"))
+    session.execute(text(f"CREATE TEMP TABLE _gisgrid_pts ON COMMIT DROP AS SELECT s.id, {anchor} AS pt "
+                         f"FROM {stage} s WHERE {where}"))
+    session.execute(text("CREATE INDEX ON _gisgrid_pts USING gist (pt)"))
+    session.execute(text("ANALYZE _gisgrid_pts"))
+    session.execute(text(
+        f"INSERT INTO {link} (id, {_LIST}) "
+        "SELECT DISTINCT ON (p.id) p.id, g.id, g.code, g.community_code, g.street_code, g.district_code "
+        "FROM grid g CROSS JOIN LATERAL (SELECT id FROM _gisgrid_pts p WHERE ST_Intersects(g.geom, p.pt) "
+        "OFFSET 0) p WHERE g.valid_to IS NULL ORDER BY p.id, g.code"))
+    session.execute(text(
+        f"INSERT INTO {link} (id, {_LIST}) WITH src AS (SELECT id, pt FROM _gisgrid_pts p WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {link} k WHERE k.id = p.id)) {_LOCATE}"))
+    if table == "resident":      # by their building
+        session.execute(text(
+            f"INSERT INTO {link} (id, {_LIST}) SELECT s.id, {', '.join('b.' + c for c in COLUMNS)} "
+            f"FROM {stage} s JOIN building bb ON bb.code = s.building_code LEFT JOIN building_link b ON b.id = bb.id"))
+    session.execute(text("DROP TABLE _gisgrid_pts"))
+
+
+def link_written(session: Session, table: str, ids_table: str) -> int:
+    """:func:`link_ids` for the ids in the temporary table ``ids_table`` (a name the caller
+    made, never input): an upsert's written rows, without shipping the ids through Python."""
+    _check(table)
+    return session.execute(text(
+        f"INSERT INTO {table}_link AS k (id, {_LIST}) {_located(table, f'r.id IN (SELECT id FROM {ids_table})')} "
+        f"ON CONFLICT (id) DO UPDATE SET {_UPSERT_SET} "
+        f"WHERE (k.grid_id, k.grid_code, k.community_code, k.street_code, k.district_code) IS DISTINCT FROM "
+        f"(EXCLUDED.grid_id, EXCLUDED.grid_code, EXCLUDED.community_code, EXCLUDED.street_code, "
+        f"EXCLUDED.district_code)")).rowcount

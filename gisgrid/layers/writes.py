@@ -5,7 +5,7 @@ transaction decides, so a bad record leaves nothing of its batch behind.
 from __future__ import annotations
 
 from geoalchemy2.shape import from_shape
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -188,3 +188,181 @@ def add(session: Session, layer: str, records: list[dict], *, crs: str = "EPSG:4
     except DBAPIError as e:
         raise translate(e, record=f"{layer} batch of {len(rows)}") from e
     return ids
+
+
+# -- bulk: validated frames from imports ------------------------------------------------------------
+from sqlalchemy.dialects import postgresql as _pg_dialect
+
+_PG = _pg_dialect.dialect()
+
+
+def _protected_columns(frame):
+    """Clear ID numbers and phones → ciphertext, masked form and blind index (gisgrid.pii)."""
+    import numpy as np
+
+    vault = pii.vault()
+    ids = frame.pop("id_number") if "id_number" in frame else None
+    phones = frame.pop("phone") if "phone" in frame else None
+    if ids is not None:
+        frame["id_number_enc"] = np.array([None if v is None else vault.encrypt(v).decode() for v in ids], dtype=object)
+        frame["id_number_masked"] = np.array([pii.mask_id(v) for v in ids], dtype=object)
+        frame["id_number_index"] = np.array([vault.index(v) for v in ids], dtype=object)
+    if phones is not None:
+        frame["phone_enc"] = np.array([None if v is None else vault.encrypt(v).decode() for v in phones],
+                                      dtype=object)
+        frame["phone_masked"] = np.array([pii.mask_phone(v) for v in phones], dtype=object)
+    return frame
+
+
+def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", actor: str | None = None,
+              source: dict | None = None) -> dict[str, int]:
+    """Write a validated frame of one layer in bulk (COPY into a staging table, one INSERT), link
+    it and audit it, in the caller's transaction (never commits).
+
+    Parameters
+    ----------
+    session : Session
+    layer : str
+        One of ``SPEC``.
+    frame : pandas.DataFrame
+        One row a record: the table's columns (values already checked, e.g. by
+        :mod:`gisgrid.io.importer`), the geometry under ``geom`` as shapely in EPSG:4326, and for
+        residents ``building_code``, clear ``id_number`` and ``phone``.
+    mode : {"insert", "upsert", "replace"}
+        ``upsert`` updates the columns the frame has of the records whose code is stored
+        (a grid is redrawn: the current row retired, a new one inserted, history kept);
+        ``replace`` deletes the layer's records first (grids: retires the current ones).
+    actor : str, optional
+        Audit rows: one per record written (``create``/``update``, with its code) and per record
+        deleted or retired, and one ``import`` row with ``source`` and the counts.
+
+    Returns
+    -------
+    dict
+        ``inserted, updated, deleted``.
+
+    Raises
+    ------
+    InvalidInput, UnknownReference, DuplicateCode
+        What the database refuses (a record still referenced when replacing, …), translated.
+    """
+    import json
+
+    from gisgrid.db.bulk import copy_frame, ewkb_hex
+
+    if layer not in SPEC:
+        raise InvalidInput(f"unknown layer {layer!r}; layers: {', '.join(SPEC)}", field="layer")
+    model = SPEC[layer][0]
+    table = model.__tablename__
+    own = {c.key for c in model.__table__.columns} - {"id", "anchor"}
+    frame = frame.astype(object)
+    frame = frame.where(frame.notna(), None)      # pandas 3 reads missing text as NaN
+    if layer == "resident":
+        frame = _protected_columns(frame)
+        if "building_code" not in frame and mode != "upsert":
+            frame["building_code"] = None            # located by their points
+    extra = [c for c in frame.columns if c not in own]
+    if set(extra) - {"building_code"}:
+        raise InvalidInput(f"columns {sorted(set(extra) - {'building_code'})} are not columns of {table}")
+    # New records (insert, replace) get their ids in the staging table and are linked from it,
+    # polygon-driven; an upsert may leave a record's anchor out of the file: linked after writing.
+    prelink = layer in linking.ORDER and mode != "upsert"
+    if "geom" in frame:
+        frame["geom"] = ewkb_hex(frame["geom"].to_numpy())
+    for c in frame.columns:                       # JSONB and arrays as their text forms for COPY
+        kind = getattr(model.__table__.columns.get(c), "type", None)
+        if kind is not None and type(kind).__name__ == "JSONB":
+            frame[c] = [None if v is None else json.dumps(v, ensure_ascii=False) for v in frame[c]]
+        elif kind is not None and type(kind).__name__ == "ARRAY":
+            frame[c] = [None if v is None else "{" + ",".join(json.dumps(t, ensure_ascii=False) for t in v) + "}"
+                        for v in frame[c]]
+    cols = [c for c in frame.columns if c in own]
+    counts = {"inserted": 0, "updated": 0, "deleted": 0}
+    try:
+        with session.begin_nested():
+            session.execute(text("DROP TABLE IF EXISTS _gisgrid_stage, _gisgrid_written"))
+            session.execute(text(
+                f"CREATE TEMP TABLE _gisgrid_stage ON COMMIT DROP AS SELECT {', '.join(cols)} FROM {table} WITH NO DATA"))
+            by_building = "building_code" in extra
+            if by_building:
+                session.execute(text("ALTER TABLE _gisgrid_stage ADD COLUMN building_code text"))
+            if prelink:        # COPY fills it from the layer's sequence (the name from the catalogue)
+                seq = session.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}).scalar_one()
+                session.execute(text(f"ALTER TABLE _gisgrid_stage ADD COLUMN id bigint "
+                                     f"DEFAULT nextval('{seq}'::regclass)"))
+            copy_frame(session, "_gisgrid_stage", frame[cols + extra])
+            counts["deleted"], retired = _clear_for(session, layer, table, mode, actor)
+            values = (["id"] if prelink else []) + cols + (["building_id"] if by_building else [])
+            select_ = (["s.id"] if prelink else []) + [_or_default(model, c) for c in cols] \
+                + (["b.id"] if by_building else [])
+            join = " LEFT JOIN building b ON b.code = s.building_code" if by_building else ""
+            values, select_ = ", ".join(values), ", ".join(select_)
+            conflict = ""
+            if mode == "upsert" and layer != "grid":
+                updates = [c for c in cols + (["building_id"] if by_building else []) if c != "code"]
+                conflict = (" ON CONFLICT (code) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in updates)
+                            if updates else " ON CONFLICT (code) DO NOTHING")
+            session.execute(text(
+                f"CREATE TEMP TABLE _gisgrid_written ON COMMIT DROP AS WITH w AS ("
+                f"INSERT INTO {table} ({values}) SELECT {select_} FROM _gisgrid_stage s{join}{conflict} "
+                f"RETURNING id, code, (xmax = 0) AS created) SELECT * FROM w"))
+            if prelink:
+                linking.link_staged(session, layer, "_gisgrid_stage")
+            session.execute(text("DROP TABLE _gisgrid_stage"))
+            row = session.execute(text("SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) "
+                                       "FROM _gisgrid_written")).one()
+            counts["inserted"], counts["updated"] = row[0], row[1]
+            if retired:                   # a redrawn grid is a new row beside its retired one
+                counts["updated"] = retired
+                counts["inserted"] -= retired
+            if layer in linking.ORDER and not prelink:
+                linking.link_written(session, layer, "_gisgrid_written")
+            elif layer in ("grid", "admin_area"):
+                linking.relink(session)            # boundaries changed: every record's links
+            if layer == "incident":
+                session.execute(text(
+                    "INSERT INTO incident_event (incident_id, actor, from_state, to_state, note) "
+                    "SELECT i.id, :a, NULL, i.state, '[import]' FROM incident i JOIN _gisgrid_written w "
+                    "ON w.id = i.id WHERE w.created"), {"a": actor})
+            session.execute(text(
+                "INSERT INTO audit_log (actor, action, entity, entity_id, after) "
+                "SELECT :a, CASE WHEN created THEN 'create' ELSE 'update' END, :e, CAST(id AS text), "
+                "jsonb_build_object('code', code, 'via', 'import') FROM _gisgrid_written"), {"a": actor, "e": layer})
+            session.execute(text("DROP TABLE _gisgrid_written"))
+            audit.record(session, actor, "import", layer, None, after={**(source or {}), "mode": mode, **counts})
+    except DBAPIError as e:
+        raise translate(e, record=f"{layer} import of {len(frame)} rows") from e
+    return counts
+
+
+def _or_default(model, column: str) -> str:
+    """``s.column``, or its server default when blank and the column is NOT NULL."""
+    col = model.__table__.columns[column]
+    if col.nullable or col.server_default is None:
+        return f"s.{column}"
+    arg = col.server_default.arg           # the model's own constant or SQL function, never input
+    if isinstance(arg, str):
+        expr = "'" + arg.replace("'", "''") + "'"
+    else:
+        expr = arg.text if hasattr(arg, "text") else str(arg.compile(dialect=_PG))
+    return f"coalesce(s.{column}, CAST({expr} AS {col.type.compile(dialect=_PG)}))"
+
+
+def _clear_for(session: Session, layer: str, table: str, mode: str, actor: str | None) -> tuple[int, int]:
+    """Before the insert: delete (replace) or retire (grids: replace, or upsert of a stored
+    code) what the frame replaces, with audit rows. Returns (deleted, retired by upsert)."""
+    if layer == "grid" and mode in ("upsert", "replace"):
+        which = "valid_to IS NULL" + (" AND code IN (SELECT code FROM _gisgrid_stage)" if mode == "upsert" else "")
+        n = session.execute(text(
+            "WITH d AS (UPDATE grid SET valid_to = now() WHERE " + which + " RETURNING id, code) "
+            "INSERT INTO audit_log (actor, action, entity, entity_id, after) "
+            "SELECT :a, 'retire', 'grid', CAST(id AS text), jsonb_build_object('code', code, 'via', 'import') FROM d"),
+            {"a": actor}).rowcount
+        return (0, n) if mode == "upsert" else (n, 0)
+    if mode == "replace":
+        return session.execute(text(
+            f"WITH d AS (DELETE FROM {table} RETURNING id, code) "
+            "INSERT INTO audit_log (actor, action, entity, entity_id, after) "
+            f"SELECT :a, 'delete', :e, CAST(id AS text), jsonb_build_object('code', code, 'via', 'import') FROM d"),
+            {"a": actor, "e": layer}).rowcount, 0
+    return 0, 0

@@ -11,7 +11,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
     from gisgrid.db.engine import database_url, make_engine, make_sessionmaker
-    from gisgrid.web import api, assets, auth, errors, incidents, open311, pages, patrol, plans, security
+    from gisgrid.web import api, assets, auth, errors, incidents, open311, pages, patrol, plans, security, transfer
 
     settings = config.load().with_overrides(overrides)
     app = Flask(__name__)
@@ -30,6 +30,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine)}
     assets.localise_folium()
     errors.register(app)
+    app.before_request(transfer.upload_limit)       # before any hook reads the form (NUL check, CSRF)
     security.register(app, settings.basemap_url)
     auth.csrf.init_app(app)
     auth.limiter.init_app(app)
@@ -39,6 +40,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.register_blueprint(incidents.bp)
     app.register_blueprint(patrol.bp)
     app.register_blueprint(open311.bp)
+    app.register_blueprint(transfer.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(plans.bp)
 

@@ -53,9 +53,9 @@ def locate():
         - {name: lon, in: query, required: true, schema: {type: number, minimum: -180, maximum: 180}}
         - {name: lat, in: query, required: true, schema: {type: number, minimum: -90, maximum: 90}}
         - {name: crs, in: query, required: false, schema: {type: string, default: "EPSG:4326",
-           enum: ["EPSG:4326", "EPSG:4490"]},
-           description: "CRS of lon/lat. Other EPSG codes (projected ones in metres) are accepted too and
-             answered with 400 when unknown or out of range."}
+           enum: ["EPSG:4326", "EPSG:4490", "gcj02", "bd09"]},
+           description: "CRS of lon/lat: WGS84, CGCS2000, GCJ-02 (Amap, Tencent), BD-09 (Baidu). Other EPSG
+             codes (projected ones in metres) are accepted too and answered with 400 when unknown or out of range."}
       responses:
         200:
           description: the grid, or null outside every grid

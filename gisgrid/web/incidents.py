@@ -144,7 +144,8 @@ def report():
                 category: {type: string, description: "a code of GET /api/categories"}
                 lon: {type: number, minimum: -180, maximum: 180}
                 lat: {type: number, minimum: -90, maximum: 90}
-                crs: {type: string, enum: ["EPSG:4326", "EPSG:4490"], default: "EPSG:4326"}
+                crs: {type: string, enum: ["EPSG:4326", "EPSG:4490", "gcj02", "bd09"], default: "EPSG:4326",
+                      description: "CRS of lon/lat: WGS84, CGCS2000, GCJ-02 (Amap, Tencent), BD-09 (Baidu)"}
                 description: {type: string, maxLength: 2000}
                 address: {type: string, maxLength: 300}
                 source: {type: string, enum: [patrol, resident, hotline, import]}

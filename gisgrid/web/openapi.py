@@ -62,6 +62,18 @@ TABLE_GET = """
         401: {$ref: '#/components/responses/Unauthenticated'}
         403: {$ref: '#/components/responses/Forbidden'}
 """
+PROBLEM = {"type": "object", "required": ["row", "field", "value", "reason"], "properties": {
+    "row": {"type": "integer", "nullable": True, "description": "line in a sheet (header = 1) or feature number; "
+                                                               "null: the whole file"},
+    "field": {"type": "string", "nullable": True}, "value": {"type": "string", "nullable": True},
+    "reason": {"type": "string"}}}
+IMPORT_REPORT = {"type": "object", "required": ["layer", "file", "mode", "rows", "valid", "written", "problems"],
+                 "properties": {
+                     "layer": {"type": "string"}, "file": {"type": "string"}, "mode": {"type": "string"},
+                     "crs": {"type": "string", "nullable": True},
+                     **{k: {"type": "integer"} for k in ("rows", "valid", "inserted", "updated", "deleted", "skipped")},
+                     "written": {"type": "boolean"}, "dry_run": {"type": "boolean"},
+                     "problems": {"type": "array", "items": PROBLEM}, "notes": {"type": "array", "items": {"type": "string"}}}}
 GRID_REF = {"type": "object", "nullable": True, "properties": {
     "id": {"type": "integer"}, "code": {"type": "string"},
     **{k: {"type": "string"} for k in ("community_code", "street_code", "district_code")}}}
@@ -74,7 +86,8 @@ def build(app) -> dict:
                    security=[{"bearer": []}])
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for name, schema in (("Error", ERROR), ("FeatureCollection", FEATURE_COLLECTION), ("Resident", RESIDENT),
-                         ("GridRef", GRID_REF), ("Incident", INCIDENT), ("Checkin", CHECKIN)):
+                         ("GridRef", GRID_REF), ("Incident", INCIDENT), ("Checkin", CHECKIN),
+                         ("ImportReport", IMPORT_REPORT)):
         spec.components.schema(name, schema)
     for response, desc in (("BadRequest", "invalid parameter"), ("Unauthenticated", "no or bad credentials"),
                            ("Forbidden", "the role or token may not do this"),
@@ -87,7 +100,7 @@ def build(app) -> dict:
             "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
     with app.test_request_context():
         for endpoint, view in sorted(app.view_functions.items()):
-            if endpoint.split(".")[0] in ("api", "incidents", "patrol", "plans") and endpoint != "api.openapi_document" \
+            if endpoint.split(".")[0] in ("api", "incidents", "patrol", "plans", "transfer") and endpoint != "api.openapi_document" \
                     and view.__doc__ and "---" in view.__doc__:
                 spec.path(view=view, app=app)
     return spec.to_dict()
