@@ -323,6 +323,9 @@ def search(session, scope: tuple[str, dict], *, state=None, category=None, grid=
 
 
 # -- statistics -------------------------------------------------------------------------------
+#: resolved (化解): closed, neither rejected nor merged into another as a duplicate (alias ``i``)
+RESOLVED_SQL = ("(i.state = 'closed' AND i.merged_into_id IS NULL AND NOT EXISTS ("
+                "SELECT 1 FROM incident_event e WHERE e.incident_id = i.id AND e.note LIKE '[reject]%'))")
 STAT_LEVELS = {"grid": "grid_code", "community": "community_code", "street": "street_code", "district": "district_code"}
 STAT_COLUMNS = {   # key → (Chinese header, English header)
     "code": ("区域编码", "area code"), "name": ("区域名称", "area name"), "category": ("类别", "category"),
@@ -359,9 +362,7 @@ def statistics(session, scope: tuple[str, dict], *, level: str = "community", si
              else "(SELECT name FROM admin_area WHERE code = s.code)")
     sql = f"""
         WITH base AS (
-            SELECT i.*, (i.state = 'closed' AND i.merged_into_id IS NULL AND NOT EXISTS (
-                        SELECT 1 FROM incident_event e WHERE e.incident_id = i.id AND e.note LIKE '[reject]%'))
-                       AS resolved
+            SELECT i.*, {RESOLVED_SQL} AS resolved
             FROM incident i WHERE {' AND '.join(conds)}),
         s AS (
             SELECT i.{col} AS code, {"i.category" if by_category else "NULL::text"} AS category,

@@ -1,0 +1,69 @@
+"""Change counters: a number per table that grows with every committed write to it.
+
+Tiles, their ETags and the one map's live updates need to know "has this layer's data changed
+since I drew it?". Each tracked table has a statement-level trigger (migration 0004) that adds 1
+to one of :data:`SHARDS` counter rows of ``table_change`` – the shard is the writer's backend pid,
+so concurrent writers seldom wait on the same row. A table's version is the sum of its shards.
+
+Why a sum of transactional counters and not a sequence or a timestamp: the counters are rows,
+so a reader sees the increments of exactly the transactions its snapshot sees. Read in the same
+statement as the data (:func:`version_sql`), the version and the data always agree, and the sum
+only grows, so an unchanged version means unchanged data – a cache can never keep a stale tile
+under a current version. A write that changes nothing may still bump it (a harmless miss).
+"""
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, SmallInteger, String, text
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from gisgrid.db.base import Base
+
+#: tables whose writes are counted (the trigger is created on each by migration 0004)
+TRACKED = ("admin_area", "grid", "building", "resident", "place", "patrol_point", "patrol_route", "incident",
+           "incident_event", "staff", "grid_assignment")
+SHARDS = 16
+
+
+class TableChange(Base):
+    __tablename__ = "table_change"
+
+    tbl: Mapped[str] = mapped_column(String(40), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+def version_sql(param: str = "vtables") -> str:
+    """A scalar SQL subquery: ``"table:count,…"`` for the tables bound to ``:param`` (a list),
+    in table order. Put it in the same statement as the data it versions."""
+    return (f"(SELECT coalesce(string_agg(tbl || ':' || total, ',' ORDER BY tbl), '') FROM "
+            f"(SELECT tbl, sum(n) AS total FROM table_change WHERE tbl = ANY(:{param}) GROUP BY tbl) v)")
+
+
+def version(session: Session, tables) -> str:
+    """The current version of ``tables`` (an iterable of names from :data:`TRACKED`).
+
+    Returns
+    -------
+    str
+        ``"building:12,grid:3,…"``; equal strings mean no committed write in between.
+
+    Raises
+    ------
+    ValueError
+        for a table that is not tracked.
+    """
+    tables = sorted(set(tables))
+    unknown = [t for t in tables if t not in TRACKED]
+    if unknown:
+        raise ValueError(f"{unknown} not tracked; tracked tables: {', '.join(TRACKED)}")
+    return session.execute(text("SELECT " + version_sql()), {"vtables": tables}).scalar()
+
+
+def counts(session: Session) -> dict[str, int]:
+    """Every tracked table's counter, read at once (compose layer versions with :func:`compose`)."""
+    return dict(session.execute(text("SELECT tbl, sum(n) FROM table_change GROUP BY tbl")).all())
+
+
+def compose(all_counts: dict[str, int], tables) -> str:
+    """The version string of ``tables`` from :func:`counts`, equal to :func:`version_sql`'s."""
+    return ",".join(f"{t}:{all_counts[t]}" for t in sorted(set(tables)) if t in all_counts)
