@@ -10,7 +10,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
     from gisgrid.db.engine import database_url, make_engine, make_sessionmaker
-    from gisgrid.web import api, assets, auth, errors, incidents, open311, pages, security, tiles
+    from gisgrid.web import api, assets, auth, errors, incidents, onemap, open311, pages, security, tiles
 
     settings = config.load().with_overrides(overrides)
     app = Flask(__name__)
@@ -39,6 +39,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.register_blueprint(open311.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(tiles.bp)
+    app.register_blueprint(onemap.bp)
 
     @app.teardown_appcontext
     def _close_session(exc):

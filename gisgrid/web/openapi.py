@@ -62,7 +62,7 @@ def build(app) -> dict:
             "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
     with app.test_request_context():
         for endpoint, view in sorted(app.view_functions.items()):
-            if endpoint.split(".")[0] in ("api", "incidents") and endpoint != "api.openapi_document" \
+            if endpoint.split(".")[0] in ("api", "incidents", "onemap") and endpoint != "api.openapi_document" \
                     and view.__doc__ and "---" in view.__doc__:
                 spec.path(view=view, app=app)
     return spec.to_dict()
