@@ -40,6 +40,8 @@ class Settings:
     login_limit: str = "10 per minute"
     #: ``GISGRID_REPORT_LIMIT``: incident reports per user.
     report_limit: str = "120 per minute"
+    #: ``GISGRID_TILE_CACHE_MB``: in-process cache of drawn vector tiles (0 = none).
+    tile_cache_mb: int = 128
 
     @property
     def embedded(self) -> bool:
@@ -76,4 +78,5 @@ def load(env: dict | None = None) -> Settings:
         cookie_secure=_bool(env.get("GISGRID_COOKIE_SECURE", "1")),
         login_limit=env.get("GISGRID_LOGIN_LIMIT", "10 per minute"),
         report_limit=env.get("GISGRID_REPORT_LIMIT", "120 per minute"),
+        tile_cache_mb=int(env.get("GISGRID_TILE_CACHE_MB", "128")),
     )

@@ -243,17 +243,17 @@ def _mvt(name: str, inner: str, fid: bool = True) -> str:
 def _bins(name: str, table: str, alias: str, anchor: str, counts: str, where: str) -> str:
     """Points of ``table`` strictly inside the tile, grouped into BINS×BINS cells; one point per
     cell at the mean position of its members."""
-    cell = "(ST_XMax(env.tile) - ST_XMin(env.tile)) / " + str(BINS)
+    cell = f"((ST_XMax(env.tile) - ST_XMin(env.tile)) / {BINS})"
     inner = (
         f"SELECT {counts}, ST_AsMVTGeom(ST_SetSRID(ST_MakePoint(avg(mx), avg(my)), 3857), env.tile, "
         f"{EXTENT}, {BUFFER}, true) AS geom "
         f"FROM (SELECT {alias}.*, ST_X(p) AS mx, ST_Y(p) AS my, "
-        f"floor((ST_X(p) - ST_XMin(env.tile)) / {cell}) AS bx, floor((ST_Y(p) - ST_YMin(env.tile)) / {cell}) AS by "
+        f"floor((ST_X(p) - ST_XMin(env.tile)) / {cell}) AS b_x, floor((ST_Y(p) - ST_YMin(env.tile)) / {cell}) AS b_y "
         f"FROM env, LATERAL (SELECT {alias}.*, ST_Transform({alias}.{anchor}, 3857) AS p FROM {table} {alias} "
         f"WHERE {alias}.{anchor} && env.inner_box AND {where}) {alias} "
         f"WHERE ST_X(p) >= ST_XMin(env.tile) AND ST_X(p) < ST_XMax(env.tile) "
         f"AND ST_Y(p) >= ST_YMin(env.tile) AND ST_Y(p) < ST_YMax(env.tile)) {alias}, env "
-        f"GROUP BY bx, by, env.tile")
+        f"GROUP BY b_x, b_y, env.tile")
     return _mvt(name, inner, fid=False)
 
 

@@ -26,7 +26,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     )
     app.json.ensure_ascii = False
     engine = make_engine(database_url(settings), statement_timeout_ms=30_000)
-    app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine)}
+    app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine),
+                                 "tile_cache": tiles.TileCache(settings.tile_cache_mb * 1024 * 1024)}
     assets.localise_folium()
     errors.register(app)
     security.register(app, settings.basemap_url)

@@ -114,8 +114,7 @@ def one_map():
         return _html(m)
     ext = tl.extent(s, who)
     if ext:
-        w, so, e, n = ext[0]
-        m.fit_bounds([[so, w], [n, e]])
+        m.location = [ext[1][1], ext[1][0]]
     lang = i18n.lang()
     cats = incidents.categories(s)
     config = {
@@ -131,6 +130,7 @@ def one_map():
         "roles": {k: v for k, v in staff_roles().items()},
         "labels": {k: t(k) for k in PAGE_LABELS},
         "poll_ms": POLL_MS,
+        "bounds": [[ext[0][1], ext[0][0]], [ext[0][3], ext[0][2]]] if ext else None,
     }
     _bar(m, t("title", district=district.name), t("one_map_note"), who)
     m.get_root().html.add_child(folium.Element(_controls_html()))

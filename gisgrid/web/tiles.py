@@ -29,7 +29,6 @@ bp = Blueprint("tiles", __name__, url_prefix="/tiles")
 
 MVT = "application/vnd.mapbox-vector-tile"
 GZIP_LEVEL = 4
-CACHE_BYTES = 128 * 1024 * 1024
 FRESH_SECONDS = 86_400      # a tile asked for with the current ?v= may be kept this long
 
 
@@ -37,7 +36,7 @@ class TileCache:
     """Gzipped tiles by (layer, z, x, y, filters, jurisdiction, version), least recently used
     out first once over ``max_bytes``. Thread-safe (waitress serves with threads)."""
 
-    def __init__(self, max_bytes: int = CACHE_BYTES):
+    def __init__(self, max_bytes: int):
         self.max_bytes, self.size = max_bytes, 0
         self._items: OrderedDict[tuple, bytes] = OrderedDict()
         self._lock = threading.Lock()
@@ -50,6 +49,8 @@ class TileCache:
             return data
 
     def put(self, key, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
         with self._lock:
             if key in self._items:
                 return
@@ -60,7 +61,10 @@ class TileCache:
                 self.size -= len(old)
 
 
-_cache = TileCache()
+def _cache() -> TileCache:
+    from flask import current_app
+
+    return current_app.extensions["gisgrid"]["tile_cache"]
 
 
 def _scope_key(p) -> str:
@@ -75,7 +79,8 @@ def _filters(lay: tl.Layer) -> tl.Filters:
                            f"{', '.join(sorted(allowed))}", field=unknown[0])
     if not lay.filtered:
         return tl.Filters()
-    return tl.parse_filters(request.args, (c["code"] for c in incidents.categories(db())))
+    known = (c["code"] for c in incidents.categories(db())) if request.args.get("category") else ()
+    return tl.parse_filters(request.args, known)
 
 
 def _short(version: str) -> str:
@@ -95,18 +100,20 @@ def tile(name, z, x, y):
     filters = _filters(lay)
     p, s = principal(), db()
     scope = _scope_key(p)
-    version = tl.version(s, name)
-    etag = _etag(name, version, filters, scope, t)
-    if etag in request.if_none_match:
-        return _headers(Response(status=304), etag, version)
-    key = (name, t, filters.key(), scope, version)
-    packed = _cache.get(key)
+    cache = _cache()
+    packed = None
+    # the version first, when it can spare the drawing: a revalidation or a cache lookup
+    if request.if_none_match or cache.max_bytes:
+        version = tl.version(s, name)
+        etag = _etag(name, version, filters, scope, t)
+        if etag in request.if_none_match:
+            return _headers(Response(status=304), etag, version)
+        packed = cache.get((name, t, filters.key(), scope, version))
     if packed is None:
-        data, drawn = tl.render(s, name, t, p, filters)
+        data, version = tl.render(s, name, t, p, filters)     # the bytes and their version, one snapshot
         packed = gzip.compress(data, GZIP_LEVEL, mtime=0)
-        _cache.put((name, t, filters.key(), scope, drawn), packed)
-        if drawn != version:          # written in between: the bytes are of the newer version
-            version, etag = drawn, _etag(name, drawn, filters, scope, t)
+        cache.put((name, t, filters.key(), scope, version), packed)
+        etag = _etag(name, version, filters, scope, t)
     if "gzip" in request.accept_encodings:
         resp = Response(packed, mimetype=MVT)
         resp.headers["Content-Encoding"] = "gzip"
