@@ -93,9 +93,10 @@ def require(principal: Principal | None, action: str) -> Principal:
     return principal
 
 
-def scope_sql(principal: Principal, alias: str = "", *, grid_col: str = "grid_code") -> tuple[str, dict]:
+def scope_sql(principal: Principal, alias: str = "", *, grid_col: str | None = "grid_code") -> tuple[str, dict]:
     """A SQL condition (and its bound parameters) keeping the rows of a linked table (or the
-    grid table with ``grid_col="code"``) inside the principal's jurisdiction."""
+    grid table with ``grid_col="code"``) inside the principal's jurisdiction. ``grid_col=None``:
+    the table has no grid column (admin areas), grid codes of the jurisdiction match nothing."""
     if principal.everywhere:
         return "TRUE", {}
     p = f"{alias}." if alias else ""
@@ -103,7 +104,7 @@ def scope_sql(principal: Principal, alias: str = "", *, grid_col: str = "grid_co
     conds, params = [], {}
     for level, col in (("district", "district_code"), ("street", "street_code"),
                        ("community", "community_code"), ("grid", grid_col)):
-        if lv[level]:
+        if lv[level] and col is not None:
             conds.append(f"{p}{col} = ANY(:jur_{level})")
             params[f"jur_{level}"] = lv[level]
     return ("(" + " OR ".join(conds) + ")" if conds else "FALSE"), params
@@ -129,5 +130,5 @@ def admin_area_sql(principal: Principal, alias: str = "") -> tuple[str, dict]:
     codes = list(principal.jurisdiction)
     ancestors = sorted({c[:6] + "000000" for c in codes} | {c[:9] + "000" for c in codes if not c.endswith("000000")}
                        | {c[:12] for c in codes if len(c) > 12})
-    inside, params = scope_sql(principal, alias, grid_col="NULL")
+    inside, params = scope_sql(principal, alias, grid_col=None)
     return f"({inside} OR {p}code = ANY(:jur_ancestors))", {**params, "jur_ancestors": ancestors}

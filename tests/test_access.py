@@ -77,6 +77,12 @@ MATRIX = {
     "GET /open311/v2/requests/<service_request_id>.<fmt>": "o311_request",
     "POST /open311/v2/requests.<fmt>": "post",
     "GET,POST /open311/v2/<path:rest>": "public",        # a GeoReport 404 for anything else
+    "GET /tiles/<name>/<int:z>/<int:x>/<int:y>.pbf": "tile",
+    "GET /tiles/<name>.json": "tilejson",
+    "GET /tiles/index.json": "tileindex",
+    "GET /api/areas/<code>/summary": "area_summary",
+    "GET /api/kpi": "kpi",
+    "GET /api/search": "search",
 }
 
 
@@ -101,7 +107,7 @@ def test_anonymous_gets_nothing(anonymous, world, route):
     url = url_for(MATRIX[route], world) if method == "GET" else rule.replace("<code>", world["incident"]).replace(
         "<action>", "accept")
     r = anonymous.get(url) if method == "GET" else anonymous.post(url, json={})
-    if url.startswith("/api/"):
+    if url.startswith(("/api/", "/tiles/")):
         assert r.status_code == 401 and r.json["error"] == "Unauthenticated"
     elif url.startswith("/open311/"):                    # the GeoReport error format
         assert r.status_code == 401 and (b"<error><code>401</code>" in r.data if ".xml" in url else
@@ -119,7 +125,16 @@ def url_for(kind, w) -> str:
             "o311_services": "/open311/v2/services.json", "o311_service": "/open311/v2/services/noise.xml",
             "o311_requests": f"/open311/v2/requests.json?service_request_id={w['incident']}",
             "o311_request": f"/open311/v2/requests/{w['incident']}.xml",
-            "stats": "/api/stats?level=grid", "field": "/field"}[kind]
+            "stats": "/api/stats?level=grid", "field": "/field", "tile": _tile_url(w), "tilejson": "/tiles/grids.json",
+            "tileindex": "/tiles/index.json", "area_summary": f"/api/areas/{w['grid']}/summary",
+            "kpi": f"/api/kpi?area={w['grid']}", "search": f"/api/search?q={w['grid']}"}[kind]
+
+
+def _tile_url(w) -> str:
+    from gisgrid.layers.tiles import Tile
+
+    t = Tile.at(16, w["lon"], w["lat"])
+    return f"/tiles/grids/{t.z}/{t.x}/{t.y}.pbf"
 
 
 @pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post"}))
@@ -128,14 +143,22 @@ def test_insider_sees_it_outsider_does_not(app, world, kind):
     url = url_for(kind, world)
     ri, ro = inside.get(url), outside.get(url)
     # the field page is a shell: its data come from the scoped API calls tested here too
+    # so is the one map: its data come as tiles (binary, decoded in test_tiles.py) and from the
+    # summary/KPI/search API; the index and KPI hold no codes. The outsider check below holds for all.
     mark = {"areas": world["community"], "photo": None, "o311_services": None, "o311_service": None,
-            "field": None}.get(
+            "field": None, "page": None, "tilejson": None, "tileindex": None, "kpi": None}.get(
         kind, world["grid"])
     assert ri.status_code == 200 and (mark is None or mark.encode() in ri.data)
     assert ro.status_code in (200, 403, 404)
     assert world["grid"].encode() not in ro.data and world["community"].encode() not in ro.data
-    if kind in ("locate", "resident", "incident", "photo", "o311_request"):
+    if kind in ("locate", "resident", "incident", "photo", "o311_request", "area_summary", "kpi"):
         assert ro.status_code == 404
+    if kind == "tile":          # the outsider's tile of the insider's grid holds no feature at all
+        import mapbox_vector_tile
+
+        assert ro.status_code == 200 and mapbox_vector_tile.decode(ro.data) == {}
+    if kind == "search":
+        assert ro.json == []
 
 
 def test_lists_hold_only_the_jurisdiction(app, world):

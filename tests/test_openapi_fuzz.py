@@ -17,7 +17,7 @@ OPERATIONS = ["GET /api/me", "GET /api/locate", "GET /api/grids", "GET /api/admi
               "GET /api/residents", "GET /api/residents/{code}", "GET /api/categories", "GET /api/incidents",
               "POST /api/incidents", "GET /api/incidents/{code}", "POST /api/incidents/{code}/actions/{action}",
               "POST /api/incidents/{code}/merge", "POST /api/incidents/{code}/photos", "GET /api/photos/{sha256}",
-              "GET /api/stats"]
+              "GET /api/stats", "GET /api/areas/{code}/summary", "GET /api/kpi", "GET /api/search"]
 
 
 @pytest.fixture(scope="module")

@@ -213,8 +213,14 @@ def test_jurisdiction_is_part_of_every_tile(app, place):
     t = Tile.at(13, place["lon"], place["lat"])
     codes = {f["properties"]["code"] for f in features(worker, "grids", t)}
     assert codes == set(jur)
-    assert {f["properties"]["grid_code"] if "grid_code" in f["properties"] else None
-            for f in features(worker, "incidents", Tile.at(16, place["lon"], place["lat"]))} <= {None}
+    t16 = Tile.at(16, place["lon"], place["lat"])
+    seen = {f["properties"]["code"] for f in features(worker, "incidents", t16)}
+    everyone = {f["properties"]["code"] for f in features(login_as(app, "admin"), "incidents", t16)}
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        theirs = {r[0] for r in s.execute(text("SELECT code FROM incident WHERE grid_code = ANY(:j)"), {"j": jur})}
+    assert seen and seen == everyone & theirs and everyone - theirs
+    areas = {(f["properties"]["level"], f["properties"]["code"]) for f in features(worker, "admin_areas", t)}
+    assert ("community", place["community"]) in areas and len({c for lv, c in areas if lv == "community"}) == 1
     w = features(worker, "incidents", Tile.at(12, place["lon"], place["lat"]))
     admin = features(login_as(app, "admin"), "incidents", Tile.at(12, place["lon"], place["lat"]))
     assert sum(f["properties"]["n"] for f in w) < sum(f["properties"]["n"] for f in admin)

@@ -55,7 +55,7 @@ def area(session: Session, code: str, principal: authz.Principal) -> dict:
             f"ST_XMax(a.geom) AS e, ST_YMax(a.geom) AS n FROM admin_area a WHERE a.code = :c AND {scope}"),
             {"c": code, **params}).mappings().first()
     if row is None:
-        raise NotFound(f"no area {code!r} in your jurisdiction", field="code")
+        raise NotFound("no area with this code in your jurisdiction", field="code")
     out = {k: row[k] for k in ("id", "code", "name", "level")}
     out["bounds"] = [row["w"], row["s"], row["e"], row["n"]] if row["w"] is not None else None
     return out
