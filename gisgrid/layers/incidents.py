@@ -114,19 +114,6 @@ class IncidentEvent(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
 
-def points(session, *, open_only: bool = False, limit: int = 50_000, scope: tuple[str, dict] = ("TRUE", {})) -> list[dict]:
-    """Incident points (lon, lat, state, category, code), newest first; ``scope`` from
-    :func:`gisgrid.authz.scope_sql`."""
-    from sqlalchemy import text
-
-    where = "state = ANY(:open)" if open_only else "TRUE"
-    rows = session.execute(text(
-        f"SELECT code, state, category, ST_X(geom) AS lon, ST_Y(geom) AS lat, grid_code FROM incident "
-        f"WHERE {where} AND {scope[0]} ORDER BY reported_at DESC LIMIT :limit"),
-        {"open": list(OPEN_STATES), "limit": limit, **scope[1]}).mappings()
-    return [dict(r) for r in rows]
-
-
 # -- reporting --------------------------------------------------------------------------------
 LIMITS = {"description": 2000, "address": 300, "reporter": 100, "idempotency_key": 100}
 DUPLICATE_METRES = 50

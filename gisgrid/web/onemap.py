@@ -50,27 +50,21 @@ def area_summary(code):
           content:
             application/json:
               schema:
-                type: object
-                required: [code, name, level, households, residents, received, open, overdue, by_state,
-                           by_category, recent, team]
-                properties:
-                  code: {type: string}
-                  name: {type: string}
-                  level: {type: string, enum: [grid, community, street, district]}
-                  households: {type: integer}
-                  buildings: {type: integer}
-                  residents: {type: integer}
-                  received: {type: integer}
-                  open: {type: integer}
-                  overdue: {type: integer}
-                  resolved: {type: integer}
-                  new_today: {type: integer}
-                  resolution_rate: {type: number, nullable: true}
-                  satisfaction_rate: {type: number, nullable: true}
-                  by_state: {type: array, items: {type: object}}
-                  by_category: {type: array, items: {type: object}}
-                  recent: {type: array, items: {type: object}}
-                  team: {type: array, items: {type: object}}
+                allOf:
+                  - {$ref: '#/components/schemas/IncidentFigures'}
+                  - type: object
+                    required: [code, name, level, households, residents, by_state, by_category, recent, team]
+                    properties:
+                      code: {type: string}
+                      name: {type: string}
+                      level: {type: string, enum: [grid, community, street, district]}
+                      households: {type: integer}
+                      buildings: {type: integer}
+                      residents: {type: integer}
+                      by_state: {type: array, items: {type: object}}
+                      by_category: {type: array, items: {type: object}}
+                      recent: {type: array, items: {type: object}}
+                      team: {type: array, items: {type: object}}
         400: {$ref: '#/components/responses/BadRequest'}
         401: {$ref: '#/components/responses/Unauthenticated'}
         404: {$ref: '#/components/responses/NotFound'}
@@ -94,19 +88,7 @@ def kpi():
       responses:
         200:
           description: the figures
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [new_today, received, open, overdue, resolved]
-                properties:
-                  new_today: {type: integer}
-                  received: {type: integer}
-                  open: {type: integer}
-                  overdue: {type: integer}
-                  resolved: {type: integer}
-                  resolution_rate: {type: number, nullable: true}
-                  satisfaction_rate: {type: number, nullable: true}
+          content: {application/json: {schema: {$ref: '#/components/schemas/IncidentFigures'}}}
         400: {$ref: '#/components/responses/BadRequest'}
         401: {$ref: '#/components/responses/Unauthenticated'}
         404: {$ref: '#/components/responses/NotFound'}

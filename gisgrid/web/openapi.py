@@ -37,6 +37,10 @@ INCIDENT = {"type": "object", "required": ["code", "category", "state", "level",
                 "team": {"type": "array", "items": {"type": "object"}},
                 "allowed": {"type": "array", "items": {"type": "string"}},
                 "possible_duplicates": {"type": "array", "items": {"type": "object"}}}}
+FIGURES = {"type": "object", "required": ["new_today", "received", "open", "overdue", "resolved"], "properties": {
+    **{k: {"type": "integer"} for k in ("new_today", "received", "open", "overdue", "resolved")},
+    "resolution_rate": {"type": "number", "nullable": True, "description": "化解率, resolved / received"},
+    "satisfaction_rate": {"type": "number", "nullable": True, "description": "满意率, 4–5 of all evaluations"}}}
 GRID_REF = {"type": "object", "nullable": True, "properties": {
     "id": {"type": "integer"}, "code": {"type": "string"},
     **{k: {"type": "string"} for k in ("community_code", "street_code", "district_code")}}}
@@ -49,7 +53,7 @@ def build(app) -> dict:
                    security=[{"bearer": []}])
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for name, schema in (("Error", ERROR), ("FeatureCollection", FEATURE_COLLECTION), ("Resident", RESIDENT),
-                         ("GridRef", GRID_REF), ("Incident", INCIDENT)):
+                         ("GridRef", GRID_REF), ("Incident", INCIDENT), ("IncidentFigures", FIGURES)):
         spec.components.schema(name, schema)
     for response, desc in (("BadRequest", "invalid parameter"), ("Unauthenticated", "no or bad credentials"),
                            ("Forbidden", "the role or token may not do this"),
