@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, func)
+from sqlalchemy import (Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, func, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -104,6 +104,9 @@ class IncidentCategory(Base):
 
 class IncidentEvent(Base):
     __tablename__ = "incident_event"
+    # the few rejections, so "resolved" (RESOLVED_SQL) probes a small index, not every event
+    __table_args__ = (Index("ix_incident_event_rejected", "incident_id",
+                            postgresql_where=text("note LIKE '[reject]%'")),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     incident_id: Mapped[int] = mapped_column(Integer, ForeignKey("incident.id", ondelete="CASCADE"), index=True)

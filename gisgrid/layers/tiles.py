@@ -223,9 +223,13 @@ def layer(name: str) -> Layer:
 
 # The statement's first part: the tile in 3857 and its search box (with the buffer) in 4326.
 # Web Mercator maps lon/lat rectangles to rectangles, so the transformed box is exact.
-_ENV = ("WITH env AS (SELECT ST_TileEnvelope(:z, :x, :y) AS tile, "
+# w/s/e/n: the tile's lon/lat bounds; my0/my1: ln(tan(π/4 + lat/2)) of s and n (for bins).
+_MERC = "ln(tan(pi() / 4 + radians({}) / 2))"
+_ENV = ("WITH env AS (SELECT tile, box, inner_box, ST_XMin(inner_box) AS w, ST_XMax(inner_box) AS e, "
+        f"ST_YMin(inner_box) AS s, ST_YMax(inner_box) AS n, {_MERC.format('ST_YMin(inner_box)')} AS my0, "
+        f"{_MERC.format('ST_YMax(inner_box)')} AS my1 FROM (SELECT ST_TileEnvelope(:z, :x, :y) AS tile, "
         "ST_Transform(ST_TileEnvelope(:z, :x, :y, margin => :margin), 4326) AS box, "
-        "ST_Transform(ST_TileEnvelope(:z, :x, :y), 4326) AS inner_box) ")
+        "ST_Transform(ST_TileEnvelope(:z, :x, :y), 4326) AS inner_box) b) ")
 
 
 def _geom(expr: str, kind: str = "polygon") -> str:
@@ -240,20 +244,21 @@ def _mvt(name: str, inner: str, fid: bool = True) -> str:
             f"FROM ({inner}) t WHERE t.geom IS NOT NULL")
 
 
-def _bins(name: str, table: str, alias: str, anchor: str, counts: str, where: str) -> str:
+def _bins(name: str, table: str, alias: str, anchor: str, cols: str, counts: str, where: str) -> str:
     """Points of ``table`` strictly inside the tile, grouped into BINS×BINS cells; one point per
-    cell at the mean position of its members."""
-    cell = f"((ST_XMax(env.tile) - ST_XMin(env.tile)) / {BINS})"
+    cell at the mean position of its members. ``cols``: the columns ``counts`` aggregate.
+
+    Web Mercator keeps longitude linear and latitude monotonic, so the tile is the lon/lat box
+    ``[w, e) × [s, n)`` and a cell is found from lon and from ``ln(tan(π/4 + lat/2))``: no
+    reprojection per point, one per bin. (``OFFSET 0`` keeps lon/lat computed once a row.)"""
     inner = (
-        f"SELECT {counts}, ST_AsMVTGeom(ST_SetSRID(ST_MakePoint(avg(mx), avg(my)), 3857), env.tile, "
-        f"{EXTENT}, {BUFFER}, true) AS geom "
-        f"FROM (SELECT {alias}.*, ST_X(p) AS mx, ST_Y(p) AS my, "
-        f"floor((ST_X(p) - ST_XMin(env.tile)) / {cell}) AS b_x, floor((ST_Y(p) - ST_YMin(env.tile)) / {cell}) AS b_y "
-        f"FROM env, LATERAL (SELECT {alias}.*, ST_Transform({alias}.{anchor}, 3857) AS p FROM {table} {alias} "
-        f"WHERE {alias}.{anchor} && env.inner_box AND {where}) {alias} "
-        f"WHERE ST_X(p) >= ST_XMin(env.tile) AND ST_X(p) < ST_XMax(env.tile) "
-        f"AND ST_Y(p) >= ST_YMin(env.tile) AND ST_Y(p) < ST_YMax(env.tile)) {alias}, env "
-        f"GROUP BY b_x, b_y, env.tile")
+        f"SELECT {counts}, ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(avg(lon), avg(lat)), 4326), 3857), "
+        f"env.tile, {EXTENT}, {BUFFER}, true) AS geom "
+        f"FROM (SELECT {cols}, ST_X({alias}.{anchor}) AS lon, ST_Y({alias}.{anchor}) AS lat FROM {table} {alias}, env "
+        f"WHERE {alias}.{anchor} && env.inner_box AND {where} OFFSET 0) {alias}, env "
+        "WHERE lon >= env.w AND lon < env.e AND lat >= env.s AND lat < env.n "
+        f"GROUP BY floor((lon - env.w) / (env.e - env.w) * {BINS}), "
+        f"floor(({_MERC.format('lat')} - env.my0) / (env.my1 - env.my0) * {BINS}), env.tile")
     return _mvt(name, inner, fid=False)
 
 
@@ -263,6 +268,9 @@ def _admin_areas(tile: Tile, principal, filters) -> tuple[str, dict]:
     inner = (f"SELECT a.id AS fid, a.code, a.name, a.level, {_geom('a.geom')} AS geom FROM env, admin_area a "
              f"WHERE a.geom && env.box AND a.level = ANY(:levels) AND {scope} ORDER BY a.id LIMIT {MAX_FEATURES}")
     return _mvt("admin_areas", inner), {**params, "levels": levels}
+
+
+_COMMUNITIES_IN_TILE = "SELECT k.code FROM admin_area k, env WHERE k.level = 'community' AND k.geom && env.box"
 
 
 def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
@@ -284,20 +292,23 @@ def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
     inner = (
         f"SELECT a.id AS fid, a.code, a.name, 'community' AS level, coalesce(b.households, 0) AS households, "
         f"c.received, c.open, c.overdue, c.resolved, {_geom('a.geom')} AS geom FROM env, admin_area a "
-        "LEFT JOIN LATERAL (SELECT sum(households)::int AS households FROM building b "
-        f"WHERE b.community_code = a.code AND {bscope}) b ON true "
-        f"LEFT JOIN LATERAL (SELECT {_INCIDENT_COUNTS} FROM incident i WHERE i.community_code = a.code "
-        f"AND {iscope} AND {fsql}) c ON true "
+        # one grouped pass over the records of the communities in the tile (whole communities,
+        # also where they reach beyond it), not a probe per community
+        "LEFT JOIN (SELECT b.community_code, sum(households)::int AS households FROM building b "
+        f"WHERE b.community_code IN ({_COMMUNITIES_IN_TILE}) AND {bscope} GROUP BY 1) b ON b.community_code = a.code "
+        f"LEFT JOIN (SELECT i.community_code, {_INCIDENT_COUNTS} FROM incident i "
+        f"WHERE i.community_code IN ({_COMMUNITIES_IN_TILE}) AND {iscope} AND {fsql} GROUP BY 1) c "
+        "ON c.community_code = a.code "
         f"WHERE a.level = 'community' AND a.geom && env.box AND {area} ORDER BY a.id LIMIT {MAX_FEATURES}")
     return _mvt("grids", inner), {**ap, **bp, **ip, **fparams}
 
 
-def _points_or_bins(name: str, table: str, alias: str, anchor: str, cols: str, bin_counts: str,
+def _points_or_bins(name: str, table: str, alias: str, anchor: str, cols: str, bin_cols: str, bin_counts: str,
                     geom_kind: str = "point"):
     def build(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
         scope, sp = authz.scope_sql(principal, alias)
         if tile.z < LAYERS[name].points_from:
-            return _bins(name, table, alias, anchor, bin_counts, scope), sp
+            return _bins(name, table, alias, anchor, bin_cols, bin_counts, scope), sp
         inner = (f"SELECT {alias}.id AS fid, {cols}, {_geom(alias + '.geom', geom_kind)} AS geom "
                  f"FROM env, {table} {alias} WHERE {alias}.geom && env.box AND {scope} "
                  f"ORDER BY {alias}.id LIMIT {MAX_FEATURES}")
@@ -322,7 +333,7 @@ def _incidents(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
     if tile.z < LAYERS["incidents"].points_from:
         counts = (f"count(*)::int AS n, count(*) FILTER (WHERE {_OPEN})::int AS open, "
                   f"count(*) FILTER (WHERE {_OVERDUE})::int AS overdue, {_STATE_COUNTS}")
-        return _bins("incidents", "incident", "i", "geom", counts, where), {**sp, **fp}
+        return _bins("incidents", "incident", "i", "geom", "i.state, i.deadline", counts, where), {**sp, **fp}
     inner = (f"SELECT i.id AS fid, i.code, i.state, i.category, {_OVERDUE} AS overdue, "
              f"extract(epoch FROM i.reported_at)::bigint AS reported, {_geom('i.geom', 'point')} AS geom "
              f"FROM env, incident i WHERE i.geom && env.box AND {where} ORDER BY i.id LIMIT {MAX_FEATURES}")
@@ -333,11 +344,12 @@ _BUILDERS = {
     "admin_areas": _admin_areas,
     "grids": _grids,
     "buildings": _points_or_bins("buildings", "building", "b", "anchor", "b.code, b.name, b.households, b.floors",
-                                 "count(*)::int AS n, sum(b.households)::int AS households", "polygon"),
+                                 "b.households", "count(*)::int AS n, sum(b.households)::int AS households", "polygon"),
     "patrol_points": _points_or_bins("patrol_points", "patrol_point", "p", "geom", "p.code, p.name, p.kind, p.team",
-                                     "count(*)::int AS n"),
+                                     "p.id", "count(*)::int AS n"),
     "patrol_routes": _patrol_routes,
-    "places": _points_or_bins("places", "place", "p", "geom", "p.code, p.name, p.category", "count(*)::int AS n"),
+    "places": _points_or_bins("places", "place", "p", "geom", "p.code, p.name, p.category", "p.id",
+                              "count(*)::int AS n"),
     "incidents": _incidents,
 }
 

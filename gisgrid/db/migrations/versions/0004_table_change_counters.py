@@ -1,4 +1,4 @@
-"""change counters: table_change and a statement trigger on every layer table
+"""change counters: table_change and a statement trigger on every layer table; rejection index
 
 Revision ID: 0004
 Revises: 0003
@@ -41,9 +41,14 @@ def upgrade() -> None:
         op.execute(f"CREATE TRIGGER count_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {t} "
                    "FOR EACH STATEMENT EXECUTE FUNCTION gisgrid_count_change()")
         op.execute(f"INSERT INTO table_change (tbl, shard, n) VALUES ('{t}', 0, 1)")
+    # "resolved" excludes rejected orders: a partial index holds the few rejection events
+    op.create_index('ix_incident_event_rejected', 'incident_event', ['incident_id'], unique=False,
+                    postgresql_where=sa.text("note LIKE '[reject]%'"))
 
 
 def downgrade() -> None:
+    op.drop_index('ix_incident_event_rejected', table_name='incident_event',
+                  postgresql_where=sa.text("note LIKE '[reject]%'"))
     for t in TRACKED:
         op.execute(f"DROP TRIGGER IF EXISTS count_change ON {t}")
     op.execute("DROP FUNCTION IF EXISTS gisgrid_count_change()")
