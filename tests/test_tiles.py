@@ -226,3 +226,22 @@ def test_jurisdiction_is_part_of_every_tile(app, place):
     assert sum(f["properties"]["n"] for f in w) < sum(f["properties"]["n"] for f in admin)
     assert login_as(app, "admin").get("/tiles/grids/13/0/0.pbf").status_code == 200
     assert app.test_client().get(f"/tiles/grids/{t.z}/{t.x}/{t.y}.pbf").status_code == 401
+
+
+def test_layer_version_follows_committed_writes_only(app):
+    from gisgrid.layers import tiles
+
+    Session = app.extensions["gisgrid"]["sessions"]
+    with Session() as s:
+        before, places = tiles.version(s, "patrol_routes"), tiles.version(s, "places")
+    with Session() as s:                       # a write that is rolled back changes nothing
+        s.execute(text("UPDATE patrol_route SET team = team"))
+        assert tiles.version(s, "patrol_routes") != before      # the writer sees its own change
+        s.rollback()
+    with Session() as s:
+        assert tiles.version(s, "patrol_routes") == before
+        s.execute(text("UPDATE patrol_route SET team = team"))
+        s.commit()
+    with Session() as s:
+        assert tiles.version(s, "patrol_routes") != before
+        assert tiles.version(s, "places") == places          # other layers' versions do not move

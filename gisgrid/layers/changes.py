@@ -13,8 +13,8 @@ under a current version. A write that changes nothing may still bump it (a harml
 """
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, SmallInteger, String, text
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import BigInteger, SmallInteger, String
+from sqlalchemy.orm import Mapped, mapped_column
 
 from gisgrid.db.base import Base
 
@@ -38,32 +38,3 @@ def version_sql(param: str = "vtables") -> str:
     return (f"(SELECT coalesce(string_agg(tbl || ':' || total, ',' ORDER BY tbl), '') FROM "
             f"(SELECT tbl, sum(n) AS total FROM table_change WHERE tbl = ANY(:{param}) GROUP BY tbl) v)")
 
-
-def version(session: Session, tables) -> str:
-    """The current version of ``tables`` (an iterable of names from :data:`TRACKED`).
-
-    Returns
-    -------
-    str
-        ``"building:12,grid:3,…"``; equal strings mean no committed write in between.
-
-    Raises
-    ------
-    ValueError
-        for a table that is not tracked.
-    """
-    tables = sorted(set(tables))
-    unknown = [t for t in tables if t not in TRACKED]
-    if unknown:
-        raise ValueError(f"{unknown} not tracked; tracked tables: {', '.join(TRACKED)}")
-    return session.execute(text("SELECT " + version_sql()), {"vtables": tables}).scalar()
-
-
-def counts(session: Session) -> dict[str, int]:
-    """Every tracked table's counter, read at once (compose layer versions with :func:`compose`)."""
-    return dict(session.execute(text("SELECT tbl, sum(n) FROM table_change GROUP BY tbl")).all())
-
-
-def compose(all_counts: dict[str, int], tables) -> str:
-    """The version string of ``tables`` from :func:`counts`, equal to :func:`version_sql`'s."""
-    return ",".join(f"{t}:{all_counts[t]}" for t in sorted(set(tables)) if t in all_counts)

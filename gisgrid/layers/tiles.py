@@ -379,13 +379,23 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
     >>> data, version = render(session, "grids", Tile(14, 13393, 6710), admin)   # doctest: +SKIP
     """
     sql, params = _select(name, tile, principal, filters)
-    combined = f"{_ENV}SELECT {changes.version_sql()} AS version, ({sql}) AS mvt"
+    combined = f"{_ENV}SELECT {_version_sql(name)} AS version, ({sql}) AS mvt"
     row = session.execute(text(combined), {**params, "vtables": sorted(LAYERS[name].tables)}).one()
     return bytes(row.mvt or b""), row.version
 
 
+#: "overdue" turns true as deadlines pass with no write: layers that carry it (those with the
+#: incident figures) add the minute to their version, so no cache keeps it longer than that
+_MINUTE = "',@' || floor(extract(epoch FROM now()) / 60)::bigint"
+
+
+def _version_sql(name: str) -> str:
+    return changes.version_sql() + (f" || {_MINUTE}" if LAYERS[name].filtered else "")
+
+
 def version(session: Session, name: str) -> str:
-    return changes.version(session, LAYERS[name].tables)
+    """The layer's current version (what :func:`render` returns with the bytes)."""
+    return session.execute(text(f"SELECT {_version_sql(name)}"), {"vtables": sorted(LAYERS[name].tables)}).scalar()
 
 
 def tilejson(name: str, tiles_url: str, version_: str, bounds: tuple[float, float, float, float] | None,

@@ -152,11 +152,9 @@ def tilejson(name):
 @needs("read")
 def index():
     """Every layer's TileJSON URL and data version: what the one map polls for live updates."""
-    from gisgrid.layers import changes
-
-    now = changes.counts(db())
-    out = {name: {"tilejson": url_for("tiles.tilejson", name=name),
-                  "data_version": _short(changes.compose(now, lay.tables))} for name, lay in tl.LAYERS.items()}
+    s = db()
+    out = {name: {"tilejson": url_for("tiles.tilejson", name=name), "data_version": _short(tl.version(s, name))}
+           for name in tl.LAYERS}
     resp = jsonify(out)
     resp.headers["Cache-Control"] = "no-store"
     return resp
