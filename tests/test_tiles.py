@@ -85,6 +85,17 @@ def test_grid_tile_carries_code_households_and_incident_counts(client, app, plac
     assert 0 <= props["resolved"] <= received and 0 <= props["overdue"] <= open_n
 
 
+def test_grid_figures_open_only(client, place):
+    t = Tile.at(14, place["lon"], place["lat"])
+    full = {f["properties"]["code"]: f["properties"] for f in features(client, "grids", t)}
+    cheap = {f["properties"]["code"]: f["properties"] for f in features(client, "grids", t, "figures=open")}
+    assert set(cheap) == set(full)
+    for code, p in cheap.items():
+        assert "received" not in p and "resolved" not in p
+        assert (p["open"], p["overdue"], p["households"]) == (full[code]["open"], full[code]["overdue"],
+                                                              full[code]["households"])
+
+
 def test_grid_layer_draws_communities_below_zoom_12(client, place):
     feats = features(client, "grids", Tile.at(11, place["lon"], place["lat"]))
     assert feats and {f["properties"]["level"] for f in feats} == {"community"}
@@ -163,6 +174,7 @@ def test_filters_narrow_incidents_and_grid_counts(client, app, place):
     ("/tiles/grids/2/0/0.pbf?since=yesterday", 400, "since"),
     ("/tiles/grids/2/0/0.pbf?since=2026-02-01&until=2026-01-01", 400, "since"),
     ("/tiles/buildings/2/0/0.pbf?category=fire", 400, "category"),
+    ("/tiles/grids/2/0/0.pbf?figures=some", 400, "figures"), ("/tiles/incidents/2/0/0.pbf?figures=open", 400, "figures"),
 ])
 def test_bad_requests_name_what_is_wrong(client, url, status, field):
     r = client.get(url)
@@ -201,7 +213,7 @@ def test_tilejson(client, place):
     assert {"code", "households", "open", "overdue", "resolved"} <= set(doc["vector_layers"][0]["fields"])
     w, s, e, n = doc["bounds"]
     assert w <= place["lon"] <= e and s <= place["lat"] <= n
-    assert doc["gisgrid"]["filters"] == ["since", "until", "category", "state"]
+    assert doc["gisgrid"]["filters"] == ["since", "until", "category", "state", "figures"]
     assert set(client.get("/tiles/index.json").json) == {"admin_areas", "grids", "buildings", "patrol_points",
                                                          "patrol_routes", "places", "incidents"}
 

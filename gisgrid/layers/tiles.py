@@ -96,6 +96,9 @@ def parse_tile(z, x, y) -> Tile:
 
 # -- filters ----------------------------------------------------------------------------------
 FILTER_KEYS = ("since", "until", "category", "state")
+#: which incident figures the grid layer computes: ``all`` (received, open, overdue, resolved) or
+#: ``open`` (open and overdue only: the open incidents are a few percent, so much cheaper)
+FIGURES = ("all", "open")
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,11 @@ class Filters:
     until: datetime | None = None
     categories: tuple[str, ...] = ()
     states: tuple[str, ...] = ()
+    figures: str = "all"
 
     def key(self) -> str:
         return "|".join((self.since.isoformat() if self.since else "", self.until.isoformat() if self.until else "",
-                         ",".join(self.categories), ",".join(self.states)))
+                         ",".join(self.categories), ",".join(self.states), self.figures))
 
     def sql(self, alias: str = "i") -> tuple[str, dict]:
         """The condition on incidents ``alias`` and its parameters."""
@@ -165,7 +169,10 @@ def parse_filters(args: dict, known_categories) -> Filters:
     bad = [s for s in states if s not in incidents.STATES]
     if bad:
         raise InvalidInput(f"unknown state {bad[0]!r}; states: {', '.join(incidents.STATES)}", field="state")
-    return Filters(since, until, cats, states)
+    figures = args.get("figures") or "all"
+    if figures not in FIGURES:
+        raise InvalidInput(f"figures must be one of {', '.join(FIGURES)}, got {figures!r}", field="figures")
+    return Filters(since, until, cats, states, figures)
 
 
 # -- layers -----------------------------------------------------------------------------------
@@ -180,6 +187,8 @@ class Layer:
     fields: dict = field(default_factory=dict)
     filtered: bool = False              # takes the incident filters
     minzoom: int = 0
+    params: tuple[str, ...] = ()        # query parameters it takes
+
 
 
 _OPEN = "i.state = ANY(:open)"
@@ -187,14 +196,23 @@ _OVERDUE = f"(i.deadline < now() AND {_OPEN})"
 _INCIDENT_COUNTS = (f"count(*) AS received, count(*) FILTER (WHERE {_OPEN}) AS open, "
                     f"count(*) FILTER (WHERE {_OVERDUE}) AS overdue, "
                     f"count(*) FILTER (WHERE {incidents.RESOLVED_SQL}) AS resolved")
-_COUNT_FIELDS = {"received": "incidents reported in the filter period", "open": "of them not closed",
-                 "overdue": "open and past their deadline", "resolved": "closed as resolved (化解)"}
+_OPEN_COUNTS = f"count(*) AS open, count(*) FILTER (WHERE {_OVERDUE}) AS overdue"
+
+
+def _figures(filters: "Filters") -> tuple[str, str, str]:
+    """(aggregates, extra condition, output columns) of the grid layer's incident figures."""
+    if filters.figures == "open":
+        return _OPEN_COUNTS, f" AND {_OPEN}", "coalesce(c.open, 0) AS open, coalesce(c.overdue, 0) AS overdue"
+    return (_INCIDENT_COUNTS, "", "coalesce(c.received, 0) AS received, coalesce(c.open, 0) AS open, "
+            "coalesce(c.overdue, 0) AS overdue, coalesce(c.resolved, 0) AS resolved")
+_COUNT_FIELDS = {"received": "incidents reported in the filter period (figures=all)", "open": "of them not closed",
+                 "overdue": "open and past their deadline", "resolved": "closed as resolved (化解; figures=all)"}
 
 LAYERS: dict[str, Layer] = {l.name: l for l in (
     Layer("admin_areas", ("admin_area",), "Polygon",
           fields={"code": "12-digit division code", "name": "name", "level": "district | street | community"}),
     Layer("grids", ("grid", "admin_area", "building", "incident", "incident_event"), "Polygon", points_from=12,
-          filtered=True,
+          filtered=True, params=FILTER_KEYS + ("figures",),
           fields={"code": "grid code (community code below zoom 12)", "name": "name",
                   "level": "grid, or community below zoom 12", "households": "households in its buildings",
                   **_COUNT_FIELDS}),
@@ -207,7 +225,7 @@ LAYERS: dict[str, Layer] = {l.name: l for l in (
     Layer("patrol_routes", ("patrol_route",), "LineString", fields={"code": "code", "name": "name", "team": "team"}),
     Layer("places", ("place",), "Point", points_from=14,
           fields={"code": "code", "name": "name", "category": "place category", "n": "places in the bin"}),
-    Layer("incidents", ("incident",), "Point", points_from=14, filtered=True,
+    Layer("incidents", ("incident",), "Point", points_from=14, filtered=True, params=FILTER_KEYS,
           fields={"code": "incident number", "state": "state", "category": "category", "overdue": "past deadline",
                   "reported": "reported at, Unix seconds",
                   "n": "incidents in the bin (below zoom 14)", "open": "open in the bin",
@@ -275,13 +293,15 @@ _COMMUNITIES_IN_TILE = "SELECT k.code FROM admin_area k, env WHERE k.level = 'co
 
 def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
     fsql, fparams = filters.sql("i")
+    counts, only, out = _figures(filters)
+    fsql += only
     if tile.z >= LAYERS["grids"].points_from:
         scope, sp = authz.scope_sql(principal, "g", grid_col="code")
         inner = (
             f"SELECT g.id AS fid, g.code, g.name, 'grid' AS level, coalesce(b.households, 0) AS households, "
-            f"c.received, c.open, c.overdue, c.resolved, {_geom('g.geom')} AS geom FROM env, grid g "
+            f"{out}, {_geom('g.geom')} AS geom FROM env, grid g "
             "LEFT JOIN LATERAL (SELECT sum(households)::int AS households FROM building WHERE grid_id = g.id) b ON true "
-            f"LEFT JOIN LATERAL (SELECT {_INCIDENT_COUNTS} FROM incident i WHERE i.grid_id = g.id AND {fsql}) c ON true "
+            f"LEFT JOIN LATERAL (SELECT {counts} FROM incident i WHERE i.grid_id = g.id AND {fsql}) c ON true "
             f"WHERE g.valid_to IS NULL AND g.geom && env.box AND {scope} ORDER BY g.id LIMIT {MAX_FEATURES}")
         return _mvt("grids", inner), {**sp, **fparams}
     # Below zoom 12 a grid is a couple of pixels: communities, with the sums of what the caller
@@ -291,12 +311,12 @@ def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
     iscope, ip = authz.scope_sql(principal, "i")
     inner = (
         f"SELECT a.id AS fid, a.code, a.name, 'community' AS level, coalesce(b.households, 0) AS households, "
-        f"c.received, c.open, c.overdue, c.resolved, {_geom('a.geom')} AS geom FROM env, admin_area a "
+        f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a "
         # one grouped pass over the records of the communities in the tile (whole communities,
         # also where they reach beyond it), not a probe per community
         "LEFT JOIN (SELECT b.community_code, sum(households)::int AS households FROM building b "
         f"WHERE b.community_code IN ({_COMMUNITIES_IN_TILE}) AND {bscope} GROUP BY 1) b ON b.community_code = a.code "
-        f"LEFT JOIN (SELECT i.community_code, {_INCIDENT_COUNTS} FROM incident i "
+        f"LEFT JOIN (SELECT i.community_code, {counts} FROM incident i "
         f"WHERE i.community_code IN ({_COMMUNITIES_IN_TILE}) AND {iscope} AND {fsql} GROUP BY 1) c "
         "ON c.community_code = a.code "
         f"WHERE a.level = 'community' AND a.geom && env.box AND {area} ORDER BY a.id LIMIT {MAX_FEATURES}")
@@ -385,8 +405,9 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
 
 
 #: "overdue" turns true as deadlines pass with no write: layers that carry it (those with the
-#: incident figures) add the minute to their version, so no cache keeps it longer than that
-_MINUTE = "',@' || floor(extract(epoch FROM now()) / 60)::bigint"
+#: incident figures) add a five-minute clock to their version, so no cache keeps it longer
+OVERDUE_SECONDS = 300
+_MINUTE = f"',@' || floor(extract(epoch FROM now()) / {OVERDUE_SECONDS})::bigint"
 
 
 def _version_sql(name: str) -> str:
@@ -408,7 +429,7 @@ def tilejson(name: str, tiles_url: str, version_: str, bounds: tuple[float, floa
         "vector_layers": [{"id": name, "fields": lay.fields, "minzoom": lay.minzoom, "maxzoom": MAX_ZOOM,
                            "description": title}],
         "gisgrid": {"data_version": version_, "geometry": lay.geometry, "points_from": lay.points_from,
-                    "filters": list(FILTER_KEYS) if lay.filtered else []},
+                    "filters": list(lay.params)},
     }
     if bounds:
         doc["bounds"] = list(bounds)

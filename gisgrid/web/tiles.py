@@ -72,7 +72,7 @@ def _scope_key(p) -> str:
 
 
 def _filters(lay: tl.Layer) -> tl.Filters:
-    allowed = set(tl.FILTER_KEYS) | {"v"} if lay.filtered else {"v"}
+    allowed = set(lay.params) | {"v"}
     unknown = sorted(set(request.args) - allowed)
     if unknown:
         raise InvalidInput(f"unknown query parameter {unknown[0]!r} for layer {lay.name!r}; allowed: "

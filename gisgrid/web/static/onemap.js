@@ -111,6 +111,8 @@
     function tileUrl(l) {
       var params = {};
       if (l.filtered) { Object.keys(state.filters).forEach(function (k) { params[k] = state.filters[k]; }); }
+      // the grid layer computes received/resolved (a pass over every incident) only for the rate
+      if (l.name === "grids") { params.figures = state.measure === "resolution_rate" ? "all" : "open"; }
       if (state.versions[l.name]) { params.v = state.versions[l.name]; }
       return l.url + qs(params);
     }
@@ -279,7 +281,7 @@
     measure.addEventListener("change", function () {
       state.measure = measure.value;
       renderLegend();
-      layers.grids.redraw();
+      layers.grids.setUrl(tileUrl(byName.grids));
     });
     renderLegend();
 
@@ -363,7 +365,11 @@
     poll();
     setInterval(poll, cfg.poll_ms);
     refreshLatest();
-    refreshKpi();
+    // the figures after the first drawing of the grids: the map first, then the strip
+    var kpiStarted = false;
+    function firstKpi() { if (!kpiStarted) { kpiStarted = true; refreshKpi(); } }
+    layers.grids.once("load", firstKpi);
+    setTimeout(firstKpi, 3000);
     gisgrid.map = map;
     gisgrid.state = state;
     gisgrid.layers = layers;
