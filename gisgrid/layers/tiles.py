@@ -63,9 +63,12 @@ class Tile:
         s = self.size_m
         return (-HALF + self.x * s, HALF - (self.y + 1) * s, -HALF + (self.x + 1) * s, HALF - self.y * s)
 
-    def lonlat_bounds(self) -> tuple[float, float, float, float]:
-        """``(west, south, east, north)`` in degrees (EPSG:4326)."""
+    def lonlat_bounds(self, margin: float = 0.0) -> tuple[float, float, float, float]:
+        """``(west, south, east, north)`` in degrees (EPSG:4326), widened by ``margin`` (a
+        fraction of the tile's width) on every side, within the Web Mercator world."""
         x0, y0, x1, y1 = self.bounds()
+        m = margin * self.size_m
+        x0, y0, x1, y1 = max(x0 - m, -HALF), max(y0 - m, -HALF), min(x1 + m, HALF), min(y1 + m, HALF)
         lon = lambda m: m / HALF * 180  # noqa: E731
         lat = lambda m: math.degrees(math.atan(math.sinh(m / HALF * math.pi)))  # noqa: E731
         return lon(x0), lat(y0), lon(x1), lat(y1)
@@ -239,15 +242,17 @@ def layer(name: str) -> Layer:
     return LAYERS[name]
 
 
-# The statement's first part: the tile in 3857 and its search box (with the buffer) in 4326.
-# Web Mercator maps lon/lat rectangles to rectangles, so the transformed box is exact.
-# w/s/e/n: the tile's lon/lat bounds; my0/my1: ln(tan(π/4 + lat/2)) of s and n (for bins).
+# The statement's first part: the tile in 3857, and numbers for the bins. The search boxes are
+# constants bound from Python (:class:`Tile` bounds; Web Mercator maps lon/lat rectangles to
+# rectangles, so they are exact): a constant box lets the planner estimate how many rows a tile
+# holds from the column statistics (a box from a CTE is "1 row" to it, and the plans go wrong).
+# w/s/e/n: the tile's lon/lat bounds; my0/my1: ln(tan(π/4 + lat/2)) of s and n.
 _MERC = "ln(tan(pi() / 4 + radians({}) / 2))"
-_ENV = ("WITH env AS (SELECT tile, box, inner_box, ST_XMin(inner_box) AS w, ST_XMax(inner_box) AS e, "
-        f"ST_YMin(inner_box) AS s, ST_YMax(inner_box) AS n, {_MERC.format('ST_YMin(inner_box)')} AS my0, "
-        f"{_MERC.format('ST_YMax(inner_box)')} AS my1 FROM (SELECT ST_TileEnvelope(:z, :x, :y) AS tile, "
-        "ST_Transform(ST_TileEnvelope(:z, :x, :y, margin => :margin), 4326) AS box, "
-        "ST_Transform(ST_TileEnvelope(:z, :x, :y), 4326) AS inner_box) b) ")
+_ENV = (f"WITH env AS (SELECT ST_TileEnvelope(:z, :x, :y) AS tile, CAST(:w AS float8) AS w, CAST(:e AS float8) AS e, "
+        f"CAST(:s AS float8) AS s, CAST(:n AS float8) AS n, {_MERC.format('CAST(:s AS float8)')} AS my0, "
+        f"{_MERC.format('CAST(:n AS float8)')} AS my1) ")
+_BOX = "ST_MakeEnvelope(:bw, :bs, :be, :bn, 4326)"      # the tile and its buffer
+_INNER = "ST_MakeEnvelope(:w, :s, :e, :n, 4326)"        # the tile alone
 
 
 def _geom(expr: str, kind: str = "polygon") -> str:
@@ -273,7 +278,7 @@ def _bins(name: str, table: str, alias: str, anchor: str, cols: str, counts: str
         f"SELECT {counts}, ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(avg(lon), avg(lat)), 4326), 3857), "
         f"env.tile, {EXTENT}, {BUFFER}, true) AS geom "
         f"FROM (SELECT {cols}, ST_X({alias}.{anchor}) AS lon, ST_Y({alias}.{anchor}) AS lat FROM {table} {alias}, env "
-        f"WHERE {alias}.{anchor} && env.inner_box AND {where} OFFSET 0) {alias}, env "
+        f"WHERE {alias}.{anchor} && {_INNER} AND {where} OFFSET 0) {alias}, env "
         "WHERE lon >= env.w AND lon < env.e AND lat >= env.s AND lat < env.n "
         f"GROUP BY floor((lon - env.w) / (env.e - env.w) * {BINS}), "
         f"floor(({_MERC.format('lat')} - env.my0) / (env.my1 - env.my0) * {BINS}), env.tile")
@@ -284,11 +289,11 @@ def _admin_areas(tile: Tile, principal, filters) -> tuple[str, dict]:
     scope, params = authz.admin_area_sql(principal, "a")
     levels = ["district", "street"] + (["community"] if tile.z >= 11 else [])
     inner = (f"SELECT a.id AS fid, a.code, a.name, a.level, {_geom('a.geom')} AS geom FROM env, admin_area a "
-             f"WHERE a.geom && env.box AND a.level = ANY(:levels) AND {scope} ORDER BY a.id LIMIT {MAX_FEATURES}")
+             f"WHERE a.geom && {_BOX} AND a.level = ANY(:levels) AND {scope} ORDER BY a.id LIMIT {MAX_FEATURES}")
     return _mvt("admin_areas", inner), {**params, "levels": levels}
 
 
-_COMMUNITIES_IN_TILE = "SELECT k.code FROM admin_area k, env WHERE k.level = 'community' AND k.geom && env.box"
+_COMMUNITIES_IN_TILE = f"SELECT k.code FROM admin_area k WHERE k.level = 'community' AND k.geom && {_BOX}"
 
 
 def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
@@ -302,7 +307,7 @@ def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
             f"{out}, {_geom('g.geom')} AS geom FROM env, grid g "
             "LEFT JOIN LATERAL (SELECT sum(households)::int AS households FROM building WHERE grid_id = g.id) b ON true "
             f"LEFT JOIN LATERAL (SELECT {counts} FROM incident i WHERE i.grid_id = g.id AND {fsql}) c ON true "
-            f"WHERE g.valid_to IS NULL AND g.geom && env.box AND {scope} ORDER BY g.id LIMIT {MAX_FEATURES}")
+            f"WHERE g.valid_to IS NULL AND g.geom && {_BOX} AND {scope} ORDER BY g.id LIMIT {MAX_FEATURES}")
         return _mvt("grids", inner), {**sp, **fparams}
     # Below zoom 12 a grid is a couple of pixels: communities, with the sums of what the caller
     # may see inside them (a field worker's community holds only their grid's figures).
@@ -319,7 +324,7 @@ def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
         f"LEFT JOIN (SELECT i.community_code, {counts} FROM incident i "
         f"WHERE i.community_code IN ({_COMMUNITIES_IN_TILE}) AND {iscope} AND {fsql} GROUP BY 1) c "
         "ON c.community_code = a.code "
-        f"WHERE a.level = 'community' AND a.geom && env.box AND {area} ORDER BY a.id LIMIT {MAX_FEATURES}")
+        f"WHERE a.level = 'community' AND a.geom && {_BOX} AND {area} ORDER BY a.id LIMIT {MAX_FEATURES}")
     return _mvt("grids", inner), {**ap, **bp, **ip, **fparams}
 
 
@@ -330,7 +335,7 @@ def _points_or_bins(name: str, table: str, alias: str, anchor: str, cols: str, b
         if tile.z < LAYERS[name].points_from:
             return _bins(name, table, alias, anchor, bin_cols, bin_counts, scope), sp
         inner = (f"SELECT {alias}.id AS fid, {cols}, {_geom(alias + '.geom', geom_kind)} AS geom "
-                 f"FROM env, {table} {alias} WHERE {alias}.geom && env.box AND {scope} "
+                 f"FROM env, {table} {alias} WHERE {alias}.geom && {_BOX} AND {scope} "
                  f"ORDER BY {alias}.id LIMIT {MAX_FEATURES}")
         return _mvt(name, inner), sp
     return build
@@ -339,7 +344,7 @@ def _points_or_bins(name: str, table: str, alias: str, anchor: str, cols: str, b
 def _patrol_routes(tile: Tile, principal, filters) -> tuple[str, dict]:
     scope, sp = authz.scope_sql(principal, "r")
     inner = (f"SELECT r.id AS fid, r.code, r.name, r.team, {_geom('r.geom', 'line')} AS geom FROM env, patrol_route r "
-             f"WHERE r.geom && env.box AND {scope} ORDER BY r.id LIMIT {MAX_FEATURES}")
+             f"WHERE r.geom && {_BOX} AND {scope} ORDER BY r.id LIMIT {MAX_FEATURES}")
     return _mvt("patrol_routes", inner), sp
 
 
@@ -356,7 +361,7 @@ def _incidents(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
         return _bins("incidents", "incident", "i", "geom", "i.state, i.deadline", counts, where), {**sp, **fp}
     inner = (f"SELECT i.id AS fid, i.code, i.state, i.category, {_OVERDUE} AS overdue, "
              f"extract(epoch FROM i.reported_at)::bigint AS reported, {_geom('i.geom', 'point')} AS geom "
-             f"FROM env, incident i WHERE i.geom && env.box AND {where} ORDER BY i.id LIMIT {MAX_FEATURES}")
+             f"FROM env, incident i WHERE i.geom && {_BOX} AND {where} ORDER BY i.id LIMIT {MAX_FEATURES}")
     return _mvt("incidents", inner), {**sp, **fp}
 
 
@@ -384,8 +389,10 @@ def tile_sql(name: str, tile: Tile, principal: authz.Principal, filters: Filters
 def _select(name, tile, principal, filters) -> tuple[str, dict]:
     sql, params = _BUILDERS[layer(name).name](tile, principal, filters)
     # simplified to a quarter pixel of a 256 px tile
-    params.update(z=tile.z, x=tile.x, y=tile.y, margin=BUFFER / EXTENT, tol=tile.size_m / 1024,
-                  open=list(incidents.OPEN_STATES))
+    w, so, e, n = tile.lonlat_bounds()
+    bw, bs, be, bn = tile.lonlat_bounds(BUFFER / EXTENT)
+    params.update(z=tile.z, x=tile.x, y=tile.y, tol=tile.size_m / 1024, open=list(incidents.OPEN_STATES),
+                  w=w, s=so, e=e, n=n, bw=bw, bs=bs, be=be, bn=bn)
     return sql, params
 
 
