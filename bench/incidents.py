@@ -6,15 +6,16 @@ Uses its own embedded cluster (``GISGRID_HOME=/tmp/gg-bench-incidents``, ``GISGR
 with the demo district, and 50 field users (``bench-field-NN``, role field, jurisdiction the demo
 district), each with a fresh report token. Then, in one run:
 
-* gisgrid: ``gisgrid serve`` (waitress, 8 threads) as a subprocess on a free loopback port, with
+* gisgrid: ``gisgrid serve`` (gunicorn, cores + 1 worker processes × 4 threads) as a subprocess
+  on a free loopback port, with
   ``GISGRID_REPORT_LIMIT=100000 per minute`` (the default 120 per minute per user would refuse
   the load). ``--clients`` threads, one keep-alive ``requests.Session`` and one user each, post
   reports for ``--seconds`` at deterministic random points inside the demo grids, each with a
   fresh UUID ``Idempotency-Key``; on a timeout (5 s), a connection error, a 429 or a 5xx the SAME
   request is retried with the SAME key (at most 5 attempts).
 * floor: as many threads, one psycopg connection each, doing the same inserts directly in SQL
-  for the same time: one transaction of INSERT incident, the link UPDATE gisgrid itself runs
-  (``linking._point_sql``: lateral grid lookup, lowest code, admin codes) and the
+  for the same time: one transaction of INSERT incident, the link row as gisgrid computes it
+  (``linking.LOCATE_SQL``: lateral grid lookup, lowest code, admin codes) and the
   incident_event row.
 
 Afterwards the database is checked: every acknowledged key has exactly one row (lost /
@@ -92,8 +93,12 @@ def ensure_demo(Session):
 
     try:
         with Session() as s:
-            if s.execute(text("SELECT count(*) FROM grid")).scalar():
-                return "demo district already loaded"
+            loaded = s.execute(text("SELECT count(*) FROM grid")).scalar()
+        if loaded:
+            from gisgrid.db import migrate
+
+            migrate.upgrade(Session.kw["bind"])
+            return "demo district already loaded (schema upgraded to the latest migration)"
     except Exception:  # noqa: BLE001 - not migrated yet
         pass
     r = subprocess.run(gisgrid_cmd("demo", "--no-serve"), capture_output=True, text=True, env=os.environ)
@@ -183,7 +188,8 @@ class CpuMeter:
         self.pids = (server_pid, postmaster_pid)
 
     def sample(self):
-        return (cpu_seconds(self.pids[0]), cpu_seconds(self.pids[1], True), time.process_time(), time.perf_counter())
+        return (cpu_seconds(self.pids[0], True), cpu_seconds(self.pids[1], True), time.process_time(),
+                time.perf_counter())
 
     @staticmethod
     def line(a, b) -> str:
@@ -301,7 +307,8 @@ def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None):
             if time.perf_counter() - t0 > 60:
                 sys.exit(f"gisgrid serve did not answer /healthz in 60 s; see {logpath}")
             time.sleep(0.2)
-        log(f"gisgrid serve (waitress, 8 threads) up at {base} in {time.perf_counter() - t0:.1f} s, "
+        log(f"gisgrid serve ({open(logpath).readline().split('(')[-1].rstrip().rstrip(')')}) up at {base} in "
+            f"{time.perf_counter() - t0:.1f} s, "
             f"GISGRID_REPORT_LIMIT={os.environ['GISGRID_REPORT_LIMIT']!r}")
         out, errors, lock = [], collections.Counter(), threading.Lock()
         start_at = time.perf_counter() + 0.5
@@ -323,7 +330,7 @@ def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None):
         time.sleep(2.0)                 # backends flush their statistics at most once a second
         xacts = [b - a for a, b in zip(x0, db_counters(dsn))] if dsn else None
         ceiling = None
-        if args.ceiling > 0:        # what waitress + Flask + one SELECT 1 do on this machine
+        if args.ceiling > 0:        # what gunicorn + Flask + one SELECT 1 do on this machine
             lat, lock2 = [], threading.Lock()
             t0 = time.perf_counter()
             hs = [threading.Thread(target=health_client, daemon=True, args=(base + "/healthz", t0 + args.ceiling, lat,
@@ -348,7 +355,8 @@ def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None):
 
 def check_gisgrid(conn, results, run_id) -> dict:
     rows = conn.execute(
-        "SELECT i.idempotency_key, i.code, i.description, i.grid_id IS NOT NULL, "
+        "SELECT i.idempotency_key, i.code, i.description, "
+        "(SELECT l.grid_id FROM incident_link l WHERE l.id = i.id) IS NOT NULL, "
         "(SELECT count(*) FROM incident_event e WHERE e.incident_id = i.id), "
         "(SELECT count(*) FROM audit_log a WHERE a.entity = 'incident' AND a.action = 'create' "
         " AND a.entity_id = i.id::text) FROM incident i WHERE i.description LIKE %s",
@@ -381,7 +389,8 @@ def floor_sql():
     insert = ("INSERT INTO incident (code, idempotency_key, category, description, source, reporter, state, "
               "accuracy_m, input_crs, geom) VALUES (%(code)s, %(key)s, %(cat)s, %(descr)s, 'patrol', %(rep)s, "
               "'reported', 5.0, 'EPSG:4326', ST_SetSRID(ST_MakePoint(%(x)s, %(y)s), 4326)) RETURNING id")
-    link = linking._point_sql("incident", linking.ANCHORS["incident"], "id = %(id)s")
+    link = (f"INSERT INTO incident_link (id, {', '.join(linking.COLUMNS)}) "
+            f"WITH src AS (SELECT id, geom AS pt FROM incident WHERE id = %(id)s) {linking.LOCATE_SQL}")
     event = ("INSERT INTO incident_event (incident_id, actor, from_state, to_state, note) "
              "VALUES (%(id)s, %(rep)s, NULL, 'reported', '[report]')")
     return insert, link, event
@@ -437,8 +446,9 @@ def run_floor(args, dsn, points, cats, run_id, postmaster):
 
 
 def check_floor(conn, done, run_id) -> dict:
-    keys = {r[0] for r in conn.execute("SELECT idempotency_key FROM incident WHERE description LIKE %s "
-                                       "AND grid_id IS NOT NULL", (f"{FLOOR_PREFIX}:{run_id}:%",))}
+    keys = {r[0] for r in conn.execute(
+        "SELECT idempotency_key FROM incident i JOIN incident_link l ON l.id = i.id WHERE i.description LIKE %s "
+        "AND l.grid_id IS NOT NULL", (f"{FLOOR_PREFIX}:{run_id}:%",))}
     return {"rows": len(keys), "lost": sum(1 for k, _ in done if k not in keys)}
 
 
@@ -579,14 +589,11 @@ def main() -> None:
         if ceiling:
             log(f"  reference, same server and clients, GET /healthz for {args.ceiling:g} s (no auth, one SELECT 1): "
                 f"{ceiling[0]:.0f} requests/s, p50 {ceiling[1]:.1f} ms, p95 {ceiling[2]:.1f} ms; {ceiling[3]}")
-        slow = (home / "serve.log").read_text(errors="replace").count("Task queue depth")
-        if slow:
-            log(f"  waitress logged 'Task queue depth' {slow} times (requests waiting for one of its 8 threads)")
 
         if args.no_floor:
             return
         log(f"\nfloor: psycopg, {args.clients} threads, one autocommit connection each; per report one transaction "
-            "of INSERT incident + link UPDATE (linking._point_sql) + INSERT incident_event")
+            "of INSERT incident + INSERT incident_link (linking.LOCATE_SQL) + INSERT incident_event")
         fres, ferrs, f_secs, f_cpu = run_floor(args, dsn, points, cats, run_id, postmaster)
         with psycopg.connect(dsn, autocommit=True) as conn:
             fchk = check_floor(conn, fres, run_id)

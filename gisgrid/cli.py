@@ -145,10 +145,16 @@ def db_downgrade(revision):
 
 # -- data -------------------------------------------------------------------------------------
 @main.command()
-def link():
+@click.option("-v", "--verbose", is_flag=True, help="print how long each step of each layer took")
+def link(verbose):
     """Recompute every record's grid/community/street/district links in bulk."""
+    import logging
+
     from gisgrid.layers import linking
 
+    if verbose:
+        logging.basicConfig(format="%(message)s")
+        linking.log.setLevel(logging.INFO)
     with _session() as (engine, Session):
         t0 = time.perf_counter()
         with Session.begin() as s:
@@ -279,16 +285,36 @@ def import_osm(path):
 
 
 def _serve(settings):
-    from waitress import serve as waitress_serve
+    """gunicorn: ``settings.workers`` processes (default cores + 1, so Python's one-core-per-
+    process limit does not cap the service) of ``settings.threads`` threads each. Each worker
+    builds its own app (engine and pool) after the fork; the embedded cluster is started once,
+    here, before any worker exists."""
+    import os
 
-    from gisgrid.web import create_app
+    from gunicorn.app.base import BaseApplication
 
-    app = create_app()
+    from gisgrid.db.engine import database_url
+
+    database_url(settings)
+    workers = settings.workers or (os.cpu_count() or 1) + 1
+
+    class Gisgrid(BaseApplication):
+        def load_config(self):
+            for k, v in {"bind": f"{settings.host}:{settings.port}", "workers": workers,
+                         "worker_class": "gthread", "threads": settings.threads, "timeout": 60,
+                         "graceful_timeout": 10, "keepalive": 5, "proc_name": "gisgrid", "accesslog": None,
+                         "errorlog": "-", "loglevel": "warning"}.items():
+                self.cfg.set(k, v)
+
+        def load(self):
+            from gisgrid.web import create_app
+
+            return create_app()
+
     url = f"http://{settings.host}:{settings.port}/"
-    click.echo(f"gisgrid serving at {url}", err=False)
+    click.echo(f"gisgrid serving at {url} ({workers} workers × {settings.threads} threads)", err=False)
     sys.stdout.flush()
-    waitress_serve(app, host=settings.host, port=settings.port, threads=8, ident="gisgrid",
-                   max_request_body_size=app.config["MAX_CONTENT_LENGTH"])
+    Gisgrid().run()
 
 
 @main.command()

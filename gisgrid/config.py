@@ -26,6 +26,10 @@ class Settings:
     #: ``GISGRID_HOST`` / ``GISGRID_PORT``: where ``gisgrid serve`` listens.
     host: str = "127.0.0.1"
     port: int = 5080
+    #: ``GISGRID_WORKERS`` / ``GISGRID_THREADS``: web worker processes (0 = cores + 1) and
+    #: threads per process of ``gisgrid serve`` (gunicorn, gthread workers).
+    workers: int = 0
+    threads: int = 4
     #: ``GISGRID_BASEMAP_URL``: an XYZ tile URL (e.g. Tianditu or an intranet server). Empty = none;
     #: the district's own layers draw the map.
     basemap_url: str = ""
@@ -42,6 +46,10 @@ class Settings:
     report_limit: str = "120 per minute"
     #: ``GISGRID_TILE_CACHE_MB``: in-process cache of drawn vector tiles (0 = none).
     tile_cache_mb: int = 128
+    #: ``GISGRID_DUPLICATE_METRES`` / ``GISGRID_DUPLICATE_HOURS``: an open incident of the same
+    #: category this near and this recent is offered as a possible duplicate of a new report.
+    duplicate_metres: float = 50.0
+    duplicate_hours: float = 72.0
 
     @property
     def embedded(self) -> bool:
@@ -72,6 +80,8 @@ def load(env: dict | None = None) -> Settings:
         metric_crs=env.get("GISGRID_METRIC_CRS", ""),
         host=env.get("GISGRID_HOST", "127.0.0.1"),
         port=int(env.get("GISGRID_PORT", "5080")),
+        workers=int(env.get("GISGRID_WORKERS", "0")),
+        threads=int(env.get("GISGRID_THREADS", "4")),
         basemap_url=env.get("GISGRID_BASEMAP_URL", ""),
         basemap_attribution=env.get("GISGRID_BASEMAP_ATTRIBUTION", ""),
         secret_key=env.get("GISGRID_SECRET_KEY", ""),
@@ -79,4 +89,6 @@ def load(env: dict | None = None) -> Settings:
         login_limit=env.get("GISGRID_LOGIN_LIMIT", "10 per minute"),
         report_limit=env.get("GISGRID_REPORT_LIMIT", "120 per minute"),
         tile_cache_mb=int(env.get("GISGRID_TILE_CACHE_MB", "128")),
+        duplicate_metres=float(env.get("GISGRID_DUPLICATE_METRES", "50")),
+        duplicate_hours=float(env.get("GISGRID_DUPLICATE_HOURS", "72")),
     )

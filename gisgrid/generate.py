@@ -42,7 +42,8 @@ from gisgrid.spatial.crs import STORAGE, gk_zone_for
 
 GEODATA = Path(__file__).resolve().parent.parent / "geodata"
 LAYER_TABLES = ("incident_event", "incident", "grid_assignment", "staff", "resident", "place", "patrol_route",
-                "patrol_point", "building", "road", "plan_cell", "grid", "grid_plan", "admin_area")
+                "patrol_point", "building", "road", "plan_cell", "grid", "grid_plan", "admin_area") + tuple(
+    f"{t}_link" for t in linking.ORDER)
 
 
 @dataclass(frozen=True)

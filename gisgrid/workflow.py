@@ -50,7 +50,9 @@ def allowed_actions(state: str) -> list[str]:
 
 
 def _locked(session: Session, principal: authz.Principal, code: str) -> dict:
-    row = session.execute(text("SELECT * FROM incident WHERE code = :c FOR UPDATE"), {"c": code}).mappings().first()
+    row = session.execute(text(
+        "SELECT i.*, l.grid_id, l.grid_code, l.community_code, l.street_code, l.district_code "
+        "FROM incident i LEFT JOIN incident_link l ON l.id = i.id WHERE i.code = :c FOR UPDATE OF i"), {"c": code}).mappings().first()
     if row is None or not authz.covers(principal, row):
         raise NotFound(f"no incident {code!r} in your jurisdiction", field="code")
     return dict(row)

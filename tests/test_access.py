@@ -24,9 +24,9 @@ def world(app):
                            "WHERE valid_to IS NULL ORDER BY code LIMIT 1")).mappings().one()
         far = s.execute(text("SELECT code FROM grid WHERE street_code <> :s ORDER BY code DESC LIMIT 1"),
                         {"s": g["street_code"]}).scalar()
-        resident = s.execute(text("SELECT code FROM resident WHERE grid_code = :g ORDER BY code LIMIT 1"),
+        resident = s.execute(text("SELECT code FROM resident NATURAL LEFT JOIN resident_link WHERE grid_code = :g ORDER BY code LIMIT 1"),
                              {"g": g["code"]}).scalar()
-        incident = s.execute(text("SELECT code, id FROM incident WHERE grid_code = :g ORDER BY code LIMIT 1"),
+        incident = s.execute(text("SELECT code, id FROM incident NATURAL LEFT JOIN incident_link WHERE grid_code = :g ORDER BY code LIMIT 1"),
                              {"g": g["code"]}).one()
         from gisgrid.layers import photos
         import io

@@ -134,7 +134,7 @@ def test_field_report_made_offline_is_sent_once_when_back_online(server, demo_ur
         browser.close()
     assert errors == []
     with psycopg.connect(pg) as c:
-        rows = c.execute("SELECT grid_code, idempotency_key, source FROM incident WHERE description = %s",
+        rows = c.execute("SELECT grid_code, idempotency_key, source FROM incident NATURAL LEFT JOIN incident_link WHERE description = %s",
                          (marker,)).fetchall()
     assert len(rows) == 1, rows
     assert rows[0][0] == code and rows[0][1] and rows[0][2] == "patrol"
@@ -176,7 +176,7 @@ def test_one_map_layers_panel_filter_search_and_live_incident(server, demo_url, 
     with psycopg.connect(pg) as c:
         gid, code, name, gj = c.execute("SELECT id, code, name, ST_AsGeoJSON(geom) FROM grid WHERE valid_to IS NULL "
                                         "ORDER BY code LIMIT 1").fetchone()
-        households = c.execute("SELECT sum(households) FROM building WHERE grid_id = %s", (gid,)).fetchone()[0]
+        households = c.execute("SELECT sum(households) FROM building JOIN building_link USING (id) WHERE grid_id = %s", (gid,)).fetchone()[0]
         head = c.execute("SELECT s.name, s.phone FROM staff s JOIN grid_assignment a ON a.staff_id = s.id "
                          "WHERE a.grid_id = %s AND a.role = 'head' AND a.valid_to IS NULL", (gid,)).fetchone()
     here = shape(json.loads(gj)).representative_point()

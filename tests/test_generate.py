@@ -89,15 +89,15 @@ def test_households_near_target_per_grid(demo):
 def test_load_links_everything_and_keeps_outliers(session, demo):
     generate.load(session, demo, replace=True)
     q = lambda sql: session.execute(text(sql)).scalar()  # noqa: E731
-    assert q("SELECT count(*) FROM building WHERE grid_id IS NULL") == 0
-    assert q("SELECT count(*) FROM resident WHERE grid_id IS NULL") == 0
-    unlinked = q("SELECT count(*) FROM incident WHERE grid_id IS NULL")
+    assert q("SELECT count(*) FROM building NATURAL LEFT JOIN building_link WHERE grid_id IS NULL") == 0
+    assert q("SELECT count(*) FROM resident NATURAL LEFT JOIN resident_link WHERE grid_id IS NULL") == 0
+    unlinked = q("SELECT count(*) FROM incident NATURAL LEFT JOIN incident_link WHERE grid_id IS NULL")
     assert 0 < unlinked < 40
     # unlinked incidents are kept and routed to the district
-    assert q("SELECT count(*) FROM incident WHERE grid_id IS NULL AND district_code = '420103000000'") == unlinked
+    assert q("SELECT count(*) FROM incident NATURAL LEFT JOIN incident_link WHERE grid_id IS NULL AND district_code = '420103000000'") == unlinked
     assert q("SELECT count(*) FROM incident") == len(demo["incident"])
     # a building's stored grid is the grid that contains its point on surface
-    assert q("SELECT count(*) FROM building b JOIN grid g ON g.id = b.grid_id "
+    assert q("SELECT count(*) FROM building b JOIN building_link l ON l.id = b.id JOIN grid g ON g.id = l.grid_id "
              "WHERE NOT ST_Intersects(g.geom, b.anchor)") == 0
     with pytest.raises(Exception, match="already holds grids"):
         generate.load(session, demo)

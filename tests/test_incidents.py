@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 import uuid
 
@@ -77,6 +78,27 @@ def test_report_is_linked_routed_and_timed(worker, g):
     assert inc["team"][0]["role"] == "head" and inc["deadline"] > inc["reported_at"]
     assert inc["events"][0]["to_state"] == "reported" and inc["events"][0]["actor"] == "gridworker"
     assert inc["allowed"] == ["accept", "reject"]
+
+
+def test_the_districts_own_catalogue_sets_the_first_deadline(app, worker, g):
+    """A district's own SLA for a category overrides the default one from the first step."""
+    from datetime import datetime
+
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        district = s.execute(text("SELECT district_code FROM grid WHERE code = :c"), {"c": g["code"]}).scalar()
+        default = s.execute(text("SELECT sla_hours ->> 'reported' FROM incident_category WHERE code = 'noise' "
+                                 "AND district_code IS NULL")).scalar()
+        s.execute(text("INSERT INTO incident_category (district_code, code, name, sla_hours) VALUES "
+                       "(:d, 'noise', '噪声扰民', '{\"reported\": 30}')"), {"d": district})
+        s.commit()
+    try:
+        inc = file_report(worker, g, category="noise").json
+        hours = (datetime.fromisoformat(inc["deadline"]) - datetime.fromisoformat(inc["reported_at"])).total_seconds() / 3600
+        assert round(hours) == 30 and int(default) != 30
+    finally:
+        with app.extensions["gisgrid"]["sessions"]() as s:
+            s.execute(text("DELETE FROM incident_category WHERE district_code = :d AND code = 'noise'"), {"d": district})
+            s.commit()
 
 
 def test_retry_with_same_key_returns_the_first(app, worker, g):
@@ -300,7 +322,7 @@ def test_statistics_per_area_match_the_rows(app, centre):
     rows = centre.get("/api/stats?level=community").json
     assert rows and all(r["received"] >= r["open"] + r["resolved"] - 0 for r in rows)
     with app.extensions["gisgrid"]["sessions"]() as s:
-        truth = dict(s.execute(text("SELECT community_code, count(*) FROM incident WHERE community_code IS NOT NULL "
+        truth = dict(s.execute(text("SELECT community_code, count(*) FROM incident NATURAL LEFT JOIN incident_link WHERE community_code IS NOT NULL "
                                     "GROUP BY 1")).all())
     assert {r["code"]: r["received"] for r in rows} == truth
     one = rows[0]
@@ -335,3 +357,21 @@ def test_statistics_spreadsheets(app, centre):
     assert ws["A1"].value == "area code" and ws.max_row == len(table)
     # the viewer may read figures but not download spreadsheets
     assert login_as(app, "viewer").get("/api/stats?format=csv").status_code == 403
+
+
+def test_duplicate_distance_is_configurable_and_exact(two_grids):
+    """Offered when within the distance (geodesic metres), not beyond it; the window is a setting."""
+    from gisgrid.layers import incidents
+
+    s = two_grids
+    lon, lat = 114.005, 30.005
+    first, _ = incidents.report(s, "t", category="gas", lon=lon, lat=lat)
+    east = 1 / (111_320 * math.cos(math.radians(lat)))     # degrees of longitude per metre
+    near, _ = incidents.report(s, "t", category="gas", lon=lon + 45 * east, lat=lat)
+    far, _ = incidents.report(s, "t", category="gas", lon=lon + 60 * east, lat=lat, duplicate_metres=50)
+    wide, _ = incidents.report(s, "t", category="gas", lon=lon + 60 * east, lat=lat + 0.0001, duplicate_metres=100)
+    assert [d["code"] for d in near["possible_duplicates"]] == [first["code"]]
+    assert first["code"] not in [d["code"] for d in far["possible_duplicates"]]
+    assert first["code"] in [d["code"] for d in wide["possible_duplicates"]]
+    other, _ = incidents.report(s, "t", category="noise", lon=lon, lat=lat)
+    assert other["possible_duplicates"] == []

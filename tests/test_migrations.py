@@ -76,3 +76,29 @@ def test_0002_encrypts_existing_personal_data_and_downgrade_restores_it(db_url):
             assert c.execute(text("SELECT id_number, phone FROM resident")).one() == ("11010519491231002X", "13812345678")
     finally:
         eng.dispose()
+
+
+def test_0004_moves_links_into_link_tables_and_downgrade_puts_them_back(db_url):
+    eng = make_engine(create_database(db_url, "gisgrid_link_migration"))
+    try:
+        migrate.upgrade(eng, "0003")
+        with eng.begin() as c:
+            c.execute(text("INSERT INTO incident (code, category, description, source, state, geom, grid_code, "
+                           "community_code, street_code, district_code) VALUES "
+                           "('E1', 'noise', '', 'patrol', 'reported', ST_SetSRID(ST_MakePoint(114, 30), 4326), "
+                           "'420103001001001', '420103001001', '420103001000', '420103000000'), "
+                           "('E2', 'noise', '', 'patrol', 'reported', ST_SetSRID(ST_MakePoint(114, 30), 4326), "
+                           "NULL, NULL, NULL, NULL)"))
+        migrate.upgrade(eng)
+        with eng.connect() as c:
+            assert "grid_code" not in {col["name"] for col in inspect(c).get_columns("incident")}
+            rows = c.execute(text("SELECT i.code, l.grid_code, l.district_code FROM incident i "
+                                  "LEFT JOIN incident_link l ON l.id = i.id ORDER BY i.code")).all()
+            assert rows == [("E1", "420103001001001", "420103000000"), ("E2", None, None)]
+        migrate.downgrade(eng, "0003")
+        with eng.connect() as c:
+            assert c.execute(text("SELECT code, grid_code, street_code FROM incident ORDER BY code")).all() == [
+                ("E1", "420103001001001", "420103001000"), ("E2", None, None)]
+            assert "incident_link" not in inspect(c).get_table_names()
+    finally:
+        eng.dispose()

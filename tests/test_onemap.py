@@ -14,10 +14,10 @@ def one(app, sql, **params):
 
 def test_grid_panel_holds_team_households_residents_and_incidents(client, app):
     gid, code, name = one(app, "SELECT id, code, name FROM grid WHERE valid_to IS NULL ORDER BY code LIMIT 1")
-    hh, nb = one(app, "SELECT sum(households), count(*) FROM building WHERE grid_id = :g", g=gid)
-    nr = one(app, "SELECT count(*) FROM resident WHERE grid_code = :c", c=code)[0]
+    hh, nb = one(app, "SELECT sum(households), count(*) FROM building JOIN building_link USING (id) WHERE grid_id = :g", g=gid)
+    nr = one(app, "SELECT count(*) FROM resident JOIN resident_link USING (id) WHERE grid_code = :c", c=code)[0]
     received, open_n, closed = one(app, "SELECT count(*), count(*) FILTER (WHERE state NOT IN ('evaluated', 'closed')), "
-                                        "count(*) FILTER (WHERE state = 'closed') FROM incident WHERE grid_code = :c",
+                                        "count(*) FILTER (WHERE state = 'closed') FROM incident JOIN incident_link USING (id) WHERE grid_code = :c",
                                    c=code)
     a = client.get(f"/api/areas/{code}/summary").json
     assert (a["name"], a["level"], a["households"], a["buildings"], a["residents"]) == (name, "grid", hh, nb, nr)
@@ -36,7 +36,7 @@ def test_community_panel_and_filters(client, app):
                                                                  "AND valid_to IS NULL", c=code)[0]
     f = client.get(f"/api/areas/{code}/summary?category=dispute&state=closed").json
     assert [r["category"] for r in f["by_category"]] == ["dispute"] and [r["state"] for r in f["by_state"]] == ["closed"]
-    assert f["received"] == one(app, "SELECT count(*) FROM incident WHERE community_code = :c AND category = 'dispute' "
+    assert f["received"] == one(app, "SELECT count(*) FROM incident JOIN incident_link USING (id) WHERE community_code = :c AND category = 'dispute' "
                                      "AND state = 'closed'", c=code)[0]
 
 

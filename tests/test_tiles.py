@@ -57,11 +57,11 @@ def place(app):
     with app.extensions["gisgrid"]["sessions"]() as s:
         g = s.execute(text("SELECT id, code, community_code, ST_AsGeoJSON(geom) AS gj FROM grid "
                            "WHERE valid_to IS NULL ORDER BY code LIMIT 1")).mappings().one()
-        hh = s.execute(text("SELECT sum(households) FROM building WHERE grid_id = :g"), {"g": g["id"]}).scalar()
+        hh = s.execute(text("SELECT sum(households) FROM building JOIN building_link USING (id) WHERE grid_id = :g"), {"g": g["id"]}).scalar()
         b = s.execute(text("SELECT code, households, ST_X(anchor) AS lon, ST_Y(anchor) AS lat FROM building "
-                           "WHERE grid_id = :g ORDER BY code LIMIT 1"), {"g": g["id"]}).mappings().one()
+                           "JOIN building_link USING (id) WHERE grid_id = :g ORDER BY code LIMIT 1"), {"g": g["id"]}).mappings().one()
         inc = s.execute(text("SELECT code, state, category, ST_X(geom) AS lon, ST_Y(geom) AS lat FROM incident "
-                             "WHERE grid_id = :g ORDER BY code LIMIT 1"), {"g": g["id"]}).mappings().one()
+                             "JOIN incident_link USING (id) WHERE grid_id = :g ORDER BY code LIMIT 1"), {"g": g["id"]}).mappings().one()
     p = shape(json.loads(g["gj"])).representative_point()
     return {"grid": g["code"], "community": g["community_code"], "lon": p.x, "lat": p.y, "households": int(hh),
             "building": dict(b), "incident": dict(inc)}
@@ -78,9 +78,9 @@ def test_grid_tile_carries_code_households_and_incident_counts(client, app, plac
     assert len(mine) == 1 and mine[0]["geometry"]["type"] in ("Polygon", "MultiPolygon")
     props = mine[0]["properties"]
     assert props["level"] == "grid" and props["name"] and props["households"] == place["households"]
-    open_n = db_count(app, "SELECT count(*) FROM incident WHERE grid_code = :g AND state NOT IN ('evaluated', 'closed')",
+    open_n = db_count(app, "SELECT count(*) FROM incident JOIN incident_link USING (id) WHERE grid_code = :g AND state NOT IN ('evaluated', 'closed')",
                       g=place["grid"])
-    received = db_count(app, "SELECT count(*) FROM incident WHERE grid_code = :g", g=place["grid"])
+    received = db_count(app, "SELECT count(*) FROM incident JOIN incident_link USING (id) WHERE grid_code = :g", g=place["grid"])
     assert props["open"] == open_n and props["received"] == received
     assert 0 <= props["resolved"] <= received and 0 <= props["overdue"] <= open_n
 
@@ -161,7 +161,7 @@ def test_filters_narrow_incidents_and_grid_counts(client, app, place):
     assert len(only) < len(features(client, "incidents", t))
     g = [f for f in features(client, "grids", Tile.at(14, place["lon"], place["lat"]), f"category={cat}&state=closed")
          if f["properties"]["code"] == place["grid"]][0]["properties"]
-    assert g["received"] == db_count(app, "SELECT count(*) FROM incident WHERE grid_code = :g AND category = :c "
+    assert g["received"] == db_count(app, "SELECT count(*) FROM incident JOIN incident_link USING (id) WHERE grid_code = :g AND category = :c "
                                           "AND state = 'closed'", g=place["grid"], c=cat)
     future = features(client, "incidents", t, "since=2100-01-01")
     assert future == []
@@ -242,7 +242,7 @@ def test_jurisdiction_is_part_of_every_tile(app, place):
     seen = {f["properties"]["code"] for f in features(worker, "incidents", t16)}
     everyone = {f["properties"]["code"] for f in features(login_as(app, "admin"), "incidents", t16)}
     with app.extensions["gisgrid"]["sessions"]() as s:
-        theirs = {r[0] for r in s.execute(text("SELECT code FROM incident WHERE grid_code = ANY(:j)"), {"j": jur})}
+        theirs = {r[0] for r in s.execute(text("SELECT code FROM incident JOIN incident_link USING (id) WHERE grid_code = ANY(:j)"), {"j": jur})}
     assert seen and seen == everyone & theirs and everyone - theirs
     areas = {(f["properties"]["level"], f["properties"]["code"]) for f in features(worker, "admin_areas", t)}
     assert ("community", place["community"]) in areas and len({c for lv, c in areas if lv == "community"}) == 1

@@ -69,7 +69,7 @@ def test_projected_input_is_reprojected_and_linked(two_grids):
 
     x, y = Transformer.from_crs(4326, 4547, always_xy=True).transform(114.005, 30.005)
     writes.add(two_grids, "incident", [{"code": "E1", "category": "noise", "geometry": Point(x, y)}], crs="EPSG:4547")
-    row = two_grids.execute(text("SELECT grid_code, ST_X(geom), ST_Y(geom) FROM incident")).one()
+    row = two_grids.execute(text("SELECT grid_code, ST_X(geom), ST_Y(geom) FROM incident NATURAL LEFT JOIN incident_link")).one()
     assert row[0] == COMMUNITY + "001"
     assert row[1] == pytest.approx(114.005, abs=1e-8) and row[2] == pytest.approx(30.005, abs=1e-8)
 

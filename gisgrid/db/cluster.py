@@ -44,6 +44,12 @@ def find_bindir(hint: str = "") -> Path:
     )
 
 
+#: One node, no replicas, backups by pg_dump: WAL only for crash recovery. With wal_level =
+#: minimal, a table created and filled in one transaction (a bulk re-link's new link table, a
+#: restore) and its indexes are written without WAL. Point-in-time recovery and streaming
+#: replication need 'replica': use an external server (GISGRID_DATABASE_URL) for those.
+WAL_CONF = ["wal_level = minimal", "max_wal_senders = 0"]
+
 class Cluster:
     """One embedded cluster. Methods are idempotent and safe to call from several processes."""
 
@@ -80,6 +86,7 @@ class Cluster:
             if not self.is_initialised():
                 self._initdb()
             if not self.is_running():
+                self._upgrade_conf()
                 self._start(timeout)
             self._ensure_database()
 
@@ -154,11 +161,18 @@ class Cluster:
             "checkpoint_timeout = '15min'",
             "log_min_duration_statement = 2000",
             "timezone = 'UTC'",
-        ]
+        ] + WAL_CONF
         if self.fast:
             conf += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
         with open(self.pgdata / "postgresql.auto.conf", "a") as fh:
             fh.write("# gisgrid embedded cluster\n" + "\n".join(conf) + "\n")
+
+    def _upgrade_conf(self) -> None:
+        """Add settings introduced after a cluster was made (read at its next start)."""
+        auto = self.pgdata / "postgresql.auto.conf"
+        if "wal_level" not in auto.read_text():
+            with open(auto, "a") as fh:
+                fh.write("\n".join(WAL_CONF) + "\n")
 
     def _start(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -10,12 +10,12 @@ from sqlalchemy import CheckConstraint, Computed, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gisgrid.db.base import Base
-from gisgrid.layers._columns import Linked, geom_type, gist, types, valid
+from gisgrid.layers._columns import geom_type, gist, types, valid
 
 GEOM_TYPES = ("Polygon", "MultiPolygon", "Point")
 
 
-class Building(Linked, Base):
+class Building(Base):
     __tablename__ = "building"
     __table_args__ = (
         CheckConstraint("households >= 0", name="households"),

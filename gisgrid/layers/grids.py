@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, Integer, String, func, select, text
+from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, Integer, String, func, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gisgrid.db.base import Base
@@ -90,8 +90,10 @@ def summary(session: Session, *, limit: int | None = None, scope: tuple[str, dic
         "SELECT g.id, g.code, g.name, g.community_code, ST_AsGeoJSON(g.geom, 6) AS geojson, "
         "coalesce(b.hh, 0) AS households, coalesce(b.n, 0) AS buildings, coalesce(i.n, 0) AS open_incidents "
         "FROM grid g "
-        "LEFT JOIN (SELECT grid_id, sum(households) AS hh, count(*) AS n FROM building GROUP BY grid_id) b ON b.grid_id = g.id "
-        "LEFT JOIN (SELECT grid_id, count(*) AS n FROM incident WHERE state = ANY(:open) GROUP BY grid_id) i "
+        "LEFT JOIN (SELECT l.grid_id, sum(households) AS hh, count(*) AS n FROM building b JOIN building_link l "
+        "ON l.id = b.id GROUP BY l.grid_id) b ON b.grid_id = g.id "
+        "LEFT JOIN (SELECT l.grid_id, count(*) AS n FROM incident i JOIN incident_link l ON l.id = i.id "
+        "WHERE i.state = ANY(:open) GROUP BY l.grid_id) i "
         f"ON i.grid_id = g.id WHERE g.valid_to IS NULL AND {scope[0]} ORDER BY g.code LIMIT :limit"),
         {"open": list(OPEN_STATES), "limit": limit, **scope[1]}).mappings()
     import json

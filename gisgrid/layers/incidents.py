@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gisgrid.db.base import Base
-from gisgrid.layers._columns import Linked, geom_type, gist, types, valid
+from gisgrid.layers._columns import geom_type, gist, types, valid
 
 STATES = {
     "reported": "待受理", "accepted": "已受理", "dispatched": "已分派", "handling": "处置中",
@@ -53,7 +53,7 @@ SOURCES = {"patrol": "网格巡查", "resident": "群众上报", "hotline": "123
 _STATES_SQL = ", ".join(f"'{s}'" for s in STATES)
 
 
-class Incident(Linked, Base):
+class Incident(Base):
     __tablename__ = "incident"
     __table_args__ = (
         CheckConstraint(f"state IN ({_STATES_SQL})", name="state"),
@@ -83,7 +83,9 @@ class Incident(Linked, Base):
     evaluation_comment: Mapped[str | None] = mapped_column(Text)
     #: who answers for it now: the grid's team, or the community/street/district centre
     level: Mapped[str] = mapped_column(String(10), default="grid", server_default="grid")
-    merged_into_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("incident.id", ondelete="SET NULL"))
+    #: indexed: deleting an incident looks up the ones merged into it (a scan of the table per row otherwise)
+    merged_into_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("incident.id", ondelete="SET NULL"),
+                                                       index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     geom = mapped_column(geom_type("POINT"), nullable=False)
 
@@ -145,7 +147,6 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
     from sqlalchemy import text
 
     from gisgrid.errors import InvalidInput, UnknownReference
-    from gisgrid.layers import audit, linking
     from gisgrid.spatial.crs import point_to_storage
 
     for name, value in (("description", description), ("address", address), ("reporter", reporter),
@@ -164,43 +165,62 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
         if not 0 <= accuracy_m <= 100_000:
             raise InvalidInput(f"accuracy_m must be between 0 and 100000, got {accuracy_m}", field="accuracy_m")
     p = point_to_storage(lon, lat, crs)
-    if idempotency_key:
-        found = session.execute(text("SELECT code FROM incident WHERE idempotency_key = :k"),
-                                {"k": idempotency_key}).scalar()
+    row = session.execute(text(_REPORT_SQL), {
+        "key": idempotency_key, "cat": category, "descr": description or "", "addr": address, "src": source,
+        "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": p.x, "y": p.y, "actor": actor,
+    }).first()
+    if row is None:            # nothing written: a retry of a report already filed, or a bad category
+        found = idempotency_key and session.execute(
+            text("SELECT code FROM incident WHERE idempotency_key = :k"), {"k": idempotency_key}).scalar()
         if found:
             return detail(session, found), False
-    known = {c["code"] for c in categories(session)}
-    if category not in known:
+        known = {c["code"] for c in categories(session)}
         raise UnknownReference(f"unknown category {category!r}; categories: {', '.join(sorted(known))}",
                                field="category")
-    new_id = session.execute(text("SELECT nextval(pg_get_serial_sequence('incident', 'id'))")).scalar()
-    code = session.execute(text("SELECT 'SJ' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') "
-                                "|| lpad(CAST(:i AS text), 7, '0')"), {"i": new_id}).scalar()
-    inserted = session.execute(text(
-        "INSERT INTO incident (id, code, idempotency_key, category, description, address, source, reporter, state, "
-        "accuracy_m, input_crs, geom) VALUES (:id, :code, :key, :cat, :descr, :addr, :src, :rep, 'reported', :acc, "
-        ":crs, ST_SetSRID(ST_MakePoint(:x, :y), 4326)) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"),
-        {"id": new_id, "code": code, "key": idempotency_key, "cat": category, "descr": description or "",
-         "addr": address, "src": source, "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": p.x,
-         "y": p.y}).scalar()
-    if inserted is None:       # a concurrent retry with the same key won the race
-        found = session.execute(text("SELECT code FROM incident WHERE idempotency_key = :k"),
-                                {"k": idempotency_key}).scalar()
-        return detail(session, found), False
-    linking.link_ids(session, "incident", [new_id])
-    from gisgrid.workflow import sla_hours
-
-    session.execute(text(
-        "UPDATE incident SET level = CASE WHEN grid_id IS NOT NULL THEN 'grid' WHEN street_code IS NOT NULL "
-        "THEN 'street' ELSE 'district' END, deadline = reported_at + make_interval(hours => :h) WHERE id = :id"),
-        {"id": new_id, "h": sla_hours(session, category, None, "reported") or 2})
-    session.execute(text("INSERT INTO incident_event (incident_id, actor, from_state, to_state, note) "
-                         "VALUES (:i, :a, NULL, 'reported', '[report]')"), {"i": new_id, "a": actor})
-    audit.record(session, actor, "create", "incident", new_id,
-                 after={"code": code, "category": category, "lon": p.x, "lat": p.y, "crs": str(crs), "source": source})
-    out = detail(session, code)
-    out["possible_duplicates"] = possible_duplicates(session, new_id, duplicate_metres, duplicate_hours)
+    out = detail(session, row.code)
+    out["possible_duplicates"] = possible_duplicates(session, row.id, duplicate_metres, duplicate_hours)
     return out, True
+
+
+def _report_sql() -> str:
+    """One statement files a report: where it is (the linking rule), its category's first
+    deadline (the district's catalogue, else the default one), the incident, its link, its first
+    event and its audit row. Nothing is written when the idempotency key was used before or the
+    category is not in the catalogue. (Data-modifying CTEs cannot see each other's rows, so the
+    link and level are computed before the insert, not read back from it.)"""
+    from gisgrid.layers.linking import COLUMNS, LOCATE_SQL
+
+    cols = ", ".join(COLUMNS)
+    return f"""
+    WITH src AS (SELECT CAST(NULL AS integer) AS id, ST_SetSRID(ST_MakePoint(:x, :y), 4326) AS pt),
+    loc AS ({LOCATE_SQL}),
+    cat AS (SELECT c.sla_hours FROM incident_category c, loc
+            WHERE c.code = :cat AND c.active AND (c.district_code = loc.district_code OR c.district_code IS NULL)
+            ORDER BY c.district_code NULLS LAST LIMIT 1),
+    ins AS (
+        INSERT INTO incident (id, code, idempotency_key, category, description, address, source, reporter, state,
+                              accuracy_m, input_crs, geom, level, deadline)
+        SELECT n.id, 'SJ' || to_char(now() AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') || lpad(CAST(n.id AS text), 7, '0'),
+               :key, :cat, :descr, :addr, :src, :rep, 'reported', :acc, :crs, src.pt,
+               CASE WHEN loc.grid_id IS NOT NULL THEN 'grid' WHEN loc.street_code IS NOT NULL THEN 'street'
+                    ELSE 'district' END,
+               now() + make_interval(hours => coalesce(CAST(cat.sla_hours ->> 'reported' AS integer), 2))
+        FROM src, loc, cat, (SELECT nextval(pg_get_serial_sequence('incident', 'id')) AS id) n
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id, code),
+    link AS (INSERT INTO incident_link (id, {cols}) SELECT ins.id, {", ".join("loc." + c for c in COLUMNS)}
+             FROM ins, loc),
+    event AS (INSERT INTO incident_event (incident_id, actor, from_state, to_state, note)
+              SELECT id, :actor, NULL, 'reported', '[report]' FROM ins),
+    audit AS (INSERT INTO audit_log (actor, action, entity, entity_id, after)
+              SELECT :actor, 'create', 'incident', CAST(ins.id AS text),
+                     jsonb_build_object('code', ins.code, 'category', CAST(:cat AS text), 'lon', CAST(:x AS float8),
+                                        'lat', CAST(:y AS float8), 'crs', CAST(:crs AS text), 'source', CAST(:src AS text))
+              FROM ins)
+    SELECT id, code FROM ins"""
+
+
+_REPORT_SQL = _report_sql()
 
 
 def possible_duplicates(session, incident_id: int, metres: float, hours: float) -> list[dict]:
@@ -210,6 +230,9 @@ def possible_duplicates(session, incident_id: int, metres: float, hours: float) 
     rows = session.execute(text(
         "SELECT o.code, o.state, round(ST_Distance(o.geom::geography, i.geom::geography))::int AS metres "
         "FROM incident i JOIN incident o ON o.category = i.category AND o.id <> i.id "
+        # the box first (GiST index on geom), the exact distance on the few inside it: :m metres
+        # are at most :m / (111,320 cos lat) degrees of longitude and fewer of latitude
+        "AND o.geom && ST_Expand(i.geom, :m / (111320.0 * greatest(cos(radians(ST_Y(i.geom))), 0.01))) "
         "AND o.state = ANY(:open) AND ST_DWithin(o.geom::geography, i.geom::geography, :m) "
         "AND abs(extract(epoch FROM o.reported_at - i.reported_at)) <= :s WHERE i.id = :id "
         "ORDER BY metres, o.code LIMIT 10"),
@@ -217,14 +240,20 @@ def possible_duplicates(session, incident_id: int, metres: float, hours: float) 
     return [dict(r) for r in rows]
 
 
-_DETAIL = (
+_DETAIL_COLUMNS = (
     "SELECT i.id, i.code, i.category, i.description, i.address, i.source, i.reporter, i.state, i.level, "
     "i.accuracy_m, i.input_crs, i.reported_at, i.updated_at, i.deadline, i.closed_at, i.satisfaction, "
-    "i.evaluation_comment, i.grid_id, i.grid_code, i.community_code, i.street_code, i.district_code, "
+    "i.evaluation_comment, l.grid_id, l.grid_code, l.community_code, l.street_code, l.district_code, "
     "ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat, s.code AS assignee, s.name AS assignee_name, m.code AS merged_into, "
     "(i.deadline < now() AND i.state = ANY(:open)) AS overdue "
-    "FROM incident i LEFT JOIN staff s ON s.id = i.assignee_id LEFT JOIN incident m ON m.id = i.merged_into_id "
 )
+_DETAIL_FROM = (
+    "FROM incident i LEFT JOIN incident_link l ON l.id = i.id LEFT JOIN staff s ON s.id = i.assignee_id "
+    "LEFT JOIN incident m ON m.id = i.merged_into_id "
+)
+_DETAIL = _DETAIL_COLUMNS + _DETAIL_FROM
+#: the link of incident ``i`` as ``l`` (gisgrid.layers.linking); scopes filter on ``l``
+LINK = "LEFT JOIN incident_link l ON l.id = i.id"
 
 
 def _jsonable(row) -> dict:
@@ -233,28 +262,33 @@ def _jsonable(row) -> dict:
 
 def detail(session, code: str, scope: tuple[str, dict] = ("TRUE", {})) -> dict:
     """One incident with its history, photos, the grid's team and the actions now allowed.
-    ``scope`` from :func:`gisgrid.authz.scope_sql` with alias ``i``."""
+    ``scope`` from :func:`gisgrid.authz.scope_sql` on the link ``l``."""
     from sqlalchemy import text
 
     from gisgrid.errors import NotFound
     from gisgrid.layers import photos, staff
     from gisgrid.workflow import allowed_actions
 
-    row = session.execute(text(_DETAIL + f"WHERE i.code = :c AND {scope[0]}"),
-                          {"c": code, "open": list(OPEN_STATES), **scope[1]}).mappings().first()
+    # one round trip: the row, its history, photos and the grid's team as JSON columns
+    row = session.execute(text(
+        f"{_DETAIL_COLUMNS}, {_EVENTS_JSON} AS events, {photos.of_incident_sql('i.id')} AS photos, "
+        f"{staff.team_sql('l.grid_id')} AS team {_DETAIL_FROM} WHERE i.code = :c AND {scope[0]}"),
+        {"c": code, "open": list(OPEN_STATES), **scope[1]}).mappings().first()
     if row is None:
         raise NotFound(f"no incident {code!r} in your jurisdiction", field="code")
     out = _jsonable(row)
     out["category_name"] = CATEGORIES.get(out["category"], out["category"])
     out["state_name"] = STATES[out["state"]]
-    out["events"] = [_jsonable(e) for e in session.execute(text(
-        "SELECT at, actor, from_state, to_state, note FROM incident_event WHERE incident_id = :i ORDER BY at, id"),
-        {"i": row["id"]}).mappings()]
-    out["photos"] = photos.of_incident(session, row["id"])
-    out["team"] = staff.team(session, row["grid_id"]) if row["grid_id"] else []
+    out["team"] = staff.labelled(out["team"]) if out["grid_id"] else []
     out["allowed"] = allowed_actions(out["state"])
     out.pop("id")
     return out
+
+
+#: the history of incident ``i`` as a JSON array, oldest first
+_EVENTS_JSON = ("(SELECT json_agg(json_build_object('at', e.at, 'actor', e.actor, 'from_state', e.from_state, "
+                "'to_state', e.to_state, 'note', e.note) ORDER BY e.at, e.id) FROM incident_event e "
+                "WHERE e.incident_id = i.id)")
 
 
 def _reported_between(conds: list, params: dict, since, until) -> None:
@@ -268,12 +302,12 @@ def _reported_between(conds: list, params: dict, since, until) -> None:
 
 
 def scoped_id(session, code: str, scope: tuple[str, dict]) -> int:
-    """The id of incident ``code`` if it lies inside ``scope`` (alias ``i``); NotFound otherwise."""
+    """The id of incident ``code`` if it lies inside ``scope`` (on the link ``l``); NotFound otherwise."""
     from sqlalchemy import text
 
     from gisgrid.errors import NotFound
 
-    found = session.execute(text(f"SELECT i.id FROM incident i WHERE i.code = :c AND {scope[0]}"),
+    found = session.execute(text(f"SELECT i.id FROM incident i {LINK} WHERE i.code = :c AND {scope[0]}"),
                             {"c": code, **scope[1]}).scalar()
     if found is None:
         raise NotFound(f"no incident {code!r} in your jurisdiction", field="code")
@@ -282,16 +316,16 @@ def scoped_id(session, code: str, scope: tuple[str, dict]) -> int:
 
 def search(session, scope: tuple[str, dict], *, state=None, category=None, grid=None, area=None, since=None,
            until=None, assignee_username=None, overdue=False, limit=100, offset=0) -> dict:
-    """Incidents inside ``scope`` (alias ``i``) with filters, newest first: ``{"total", "items"}``."""
+    """Incidents inside ``scope`` (on the link ``l``) with filters, newest first: ``{"total", "items"}``."""
     from sqlalchemy import text
 
     conds, params = [scope[0]], dict(scope[1])
-    for col, val in (("i.state", state), ("i.category", category), ("i.grid_code", grid)):
+    for col, val in (("i.state", state), ("i.category", category), ("l.grid_code", grid)):
         if val:
             conds.append(f"{col} = ANY(:{col[2:]})")
             params[col[2:]] = val.split(",") if isinstance(val, str) else list(val)
     if area:
-        conds.append("(i.community_code = :area OR i.street_code = :area OR i.district_code = :area)")
+        conds.append("(l.community_code = :area OR l.street_code = :area OR l.district_code = :area)")
         params["area"] = area
     _reported_between(conds, params, since, until)
     if overdue:
@@ -301,7 +335,7 @@ def search(session, scope: tuple[str, dict], *, state=None, category=None, grid=
         params["me"] = assignee_username
     where = " AND ".join(conds)
     params.update(open=list(OPEN_STATES), limit=limit, offset=offset)
-    total = session.execute(text(f"SELECT count(*) FROM incident i WHERE {where}"), params).scalar()
+    total = session.execute(text(f"SELECT count(*) FROM incident i {LINK} WHERE {where}"), params).scalar()
     rows = session.execute(text(_DETAIL + f"WHERE {where} ORDER BY i.reported_at DESC, i.id DESC "
                                           "LIMIT :limit OFFSET :offset"), params).mappings()
     items = []
@@ -330,7 +364,7 @@ STAT_COLUMNS = {   # key → (Chinese header, English header)
 def statistics(session, scope: tuple[str, dict], *, level: str = "community", since=None, until=None,
                by_category: bool = False) -> list[dict]:
     """Incident figures per area of ``level`` (and per category with ``by_category``) for the
-    incidents reported in ``[since, until)`` inside ``scope`` (alias ``i``).
+    incidents reported in ``[since, until)`` inside ``scope`` (on the link ``l``).
 
     * resolved: closed, neither rejected nor merged as a duplicate; resolution rate (化解率) =
       resolved / received;
@@ -345,15 +379,15 @@ def statistics(session, scope: tuple[str, dict], *, level: str = "community", si
     if level not in STAT_LEVELS:
         raise InvalidInput(f"level must be one of {', '.join(STAT_LEVELS)}, got {level!r}", field="level")
     col = STAT_LEVELS[level]
-    conds, params = [scope[0], f"i.{col} IS NOT NULL"], {**scope[1], "open": list(OPEN_STATES)}
+    conds, params = [scope[0], f"l.{col} IS NOT NULL"], {**scope[1], "open": list(OPEN_STATES)}
     _reported_between(conds, params, since, until)
     group = f"i.{col}, i.category" if by_category else f"i.{col}"
     names = ("(SELECT name FROM grid WHERE code = s.code AND valid_to IS NULL LIMIT 1)" if level == "grid"
              else "(SELECT name FROM admin_area WHERE code = s.code)")
     sql = f"""
         WITH base AS (
-            SELECT i.*, {RESOLVED_SQL} AS resolved
-            FROM incident i WHERE {' AND '.join(conds)}),
+            SELECT i.*, l.grid_code, l.community_code, l.street_code, l.district_code, {RESOLVED_SQL} AS resolved
+            FROM incident i {LINK} WHERE {' AND '.join(conds)}),
         s AS (
             SELECT i.{col} AS code, {"i.category" if by_category else "NULL::text"} AS category,
                    count(*) AS received,

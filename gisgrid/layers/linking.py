@@ -1,13 +1,24 @@
 """Linking: which grid, community, street and district contain each record.
 
-The one place where derived links are written. Two paths, one rule:
+The one place where derived links are written. Links live in one narrow table per linked layer,
+``<layer>_link (id, grid_id, grid_code, community_code, street_code, district_code)``, keyed by
+the record's id, not in the layer's own (wide, many-indexed) rows: re-linking a whole layer then
+builds a new narrow table instead of rewriting every record and every index of the layer
+(measured in bench/link.py). Readers join it: ``FROM incident i LEFT JOIN incident_link l ON
+l.id = i.id`` (:func:`join_sql`). A record with no link row is treated as unlinked.
+
+Two paths, one rule:
 
 * :func:`link_ids` – the records just written, inside the writer's transaction (a lateral
-  lookup per record; right for a handful of rows);
-* :func:`relink` – every record of every linked layer, in bulk, after a boundary change or an
-  import (`gisgrid link`). Polygon-driven: the outer loop runs over the grids and probes the
-  GiST index of the points, so PostGIS reuses each grid's prepared geometry for all the points
-  it holds; rows whose links did not change are not rewritten.
+  lookup per record, upserted into the link table; right for a handful of rows);
+* :func:`relink` – every record of the given linked layers, in bulk, after a boundary change
+  or an import (`gisgrid link`). Polygon-driven: the outer loop runs over the grids and probes
+  the GiST index of the points, so PostGIS reuses each grid's prepared geometry for all the
+  points it holds. The result goes into a fresh table that replaces the old one in a short
+  swap at the end; readers are never blocked except during that swap. Writers of links wait
+  for the rebuild of their layer (it holds the old link table in EXCLUSIVE mode, which lets
+  readers in); then PostgreSQL looks the table's name up again and their rows land in the new
+  table: no link written meanwhile is lost.
 
 The rule (``grids.LOOKUP_SQL`` states it for a single point): a record belongs to the current
 grid that intersects its anchor point; a point on an edge shared by several grids belongs to the
@@ -18,20 +29,47 @@ so it can still be routed to a street or district centre. Nothing is ever droppe
 Anchors: points link by themselves; buildings and routes by ``anchor`` (``ST_PointOnSurface``
 of the footprint or line, a generated column); residents by their building, or by their own
 point when they have none.
+
+Deleting a record deletes its link row (a statement-level trigger ``gisgrid_unlink`` on each
+layer, created by migration 0004); link tables carry no foreign keys, so a rebuild can swap
+them without locking the layer tables.
 """
 from __future__ import annotations
 
-from sqlalchemy import text
+import logging
+import re
+import time
+
+from sqlalchemy import Column, Index, Integer, String, Table, text
 from sqlalchemy.orm import Session
+
+from gisgrid.db.base import Base
+
+log = logging.getLogger(__name__)
 
 #: layer table → column holding the point the layer is linked by
 ANCHORS = {"building": "anchor", "place": "geom", "patrol_point": "geom", "patrol_route": "anchor",
            "incident": "geom"}
 #: order matters: residents copy their building's links
 ORDER = ("building", "resident", "place", "patrol_point", "patrol_route", "incident")
-_COLS = ("grid_id", "grid_code", "community_code", "street_code", "district_code")
-_SET = ", ".join(f"{c} = l.{c}" for c in _COLS)
-_CHANGED = " OR ".join(f"p.{c} IS DISTINCT FROM l.{c}" for c in _COLS)
+COLUMNS = ("grid_id", "grid_code", "community_code", "street_code", "district_code")
+
+
+def _link_table(layer: str) -> Table:
+    name = f"{layer}_link"
+    return Table(
+        name, Base.metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("grid_id", Integer), Column("grid_code", String(20)), Column("community_code", String(12)),
+        Column("street_code", String(12)), Column("district_code", String(12)),
+        *(Index(f"ix_{name}_{c}", c) for c in COLUMNS))
+
+
+#: layer → its link table
+TABLES = {layer: _link_table(layer) for layer in ORDER}
+
+_LIST = ", ".join(COLUMNS)
+_UPSERT_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS)
 
 _GRID_LATERAL = (
     "LEFT JOIN LATERAL (SELECT id, code, community_code, street_code, district_code FROM grid "
@@ -42,7 +80,8 @@ _ADMIN_LATERAL = (
     "WHERE g.id IS NULL AND geom IS NOT NULL AND ST_Intersects(geom, s.pt) "
     "ORDER BY CASE level WHEN 'community' THEN 0 WHEN 'street' THEN 1 ELSE 2 END, code LIMIT 1) a ON true "
 )
-_LOCATE = (
+#: id and links of every row of a CTE ``src(id, pt)`` (one lateral lookup each)
+LOCATE_SQL = _LOCATE = (
     "SELECT s.id, g.id AS grid_id, g.code AS grid_code, "
     "coalesce(g.community_code, a.community_code) AS community_code, "
     "coalesce(g.street_code, a.street_code) AS street_code, "
@@ -51,78 +90,127 @@ _LOCATE = (
 )
 
 
+def join_sql(layer: str, alias: str, link_alias: str = "l") -> str:
+    """``LEFT JOIN <layer>_link <link_alias> ON …`` for a query over ``layer AS alias``."""
+    _check(layer)
+    return f"LEFT JOIN {layer}_link {link_alias} ON {link_alias}.id = {alias}.id"
+
+
 def _check(table: str) -> None:
     if table not in ORDER:
         raise ValueError(f"{table!r} is not a linked layer; linked layers: {', '.join(ORDER)}")
 
 
-def _point_sql(table: str, anchor: str, where: str) -> str:
-    return (f"WITH src AS (SELECT id, {anchor} AS pt FROM {table} WHERE {where}), l AS ({_LOCATE}) "
-            f"UPDATE {table} p SET {_SET} FROM l WHERE p.id = l.id AND ({_CHANGED})")
-
-
-def _residents_by_building(where: str) -> str:
-    return (f"WITH l AS (SELECT r.id, b.grid_id, b.grid_code, b.community_code, b.street_code, b.district_code "
-            f"FROM resident r JOIN building b ON b.id = r.building_id WHERE {where}) "
-            f"UPDATE resident p SET {_SET} FROM l WHERE p.id = l.id AND ({_CHANGED})")
+def _located(table: str, where: str) -> str:
+    """SELECT id + links of the records of ``table`` matching ``where``, one lateral lookup each."""
+    if table == "resident":       # by their building, or by their own point when they have none
+        return (f"SELECT r.id, {', '.join('b.' + c for c in COLUMNS)} FROM resident r "
+                f"LEFT JOIN building_link b ON b.id = r.building_id WHERE r.building_id IS NOT NULL AND ({where}) "
+                f"UNION ALL (WITH src AS (SELECT id, geom AS pt FROM resident r "
+                f"WHERE r.building_id IS NULL AND ({where})) {_LOCATE})")
+    return f"WITH src AS (SELECT id, {ANCHORS[table]} AS pt FROM {table} r WHERE {where}) {_LOCATE}"
 
 
 def link_ids(session: Session, table: str, ids: list[int]) -> int:
     """Link the records ``ids`` of ``table`` (just inserted or moved). Returns rows changed.
 
-    Runs in the caller's transaction; never commits.
+    Runs in the caller's transaction; never commits. Waits while :func:`relink` rebuilds the
+    same layer's links, so its rows land in the rebuilt table.
     """
     _check(table)
     if not ids:
         return 0
-    params = {"ids": list(ids)}
+    link = f"{table}_link"
+    return session.execute(text(
+        f"INSERT INTO {link} AS k (id, {_LIST}) {_located(table, 'r.id = ANY(:ids)')} "
+        f"ON CONFLICT (id) DO UPDATE SET {_UPSERT_SET} "
+        f"WHERE (k.grid_id, k.grid_code, k.community_code, k.street_code, k.district_code) IS DISTINCT FROM "
+        f"(EXCLUDED.grid_id, EXCLUDED.grid_code, EXCLUDED.community_code, EXCLUDED.street_code, "
+        f"EXCLUDED.district_code)"), {"ids": list(ids)}).rowcount
+
+
+def _fill(session: Session, table: str, new: str) -> None:
+    """Write the links of every record of ``table`` into the empty table ``new``."""
     if table == "resident":
-        n = session.execute(text(_residents_by_building("r.id = ANY(:ids)")), params).rowcount
-        return n + session.execute(
-            text(_point_sql("resident", "geom", "id = ANY(:ids) AND building_id IS NULL")), params).rowcount
-    return session.execute(text(_point_sql(table, ANCHORS[table], "id = ANY(:ids)")), params).rowcount
-
-
-def _bulk(session: Session, table: str) -> int:
+        session.execute(text(f"INSERT INTO {new} (id, {_LIST}) {_located('resident', 'true')}"))
+        return
     anchor = ANCHORS[table]
-    session.execute(text("DROP TABLE IF EXISTS _gisgrid_link"))
     # Polygon-driven: grids outside, an index probe into the points for each grid. OFFSET 0
     # fences the lateral subquery: without it PostgreSQL flattens the lateral into a plain join
     # and runs it point-driven (a grid-index probe per point, 6-7x slower at city scale).
     session.execute(text(
-        "CREATE TEMP TABLE _gisgrid_link ON COMMIT DROP AS "
-        "SELECT DISTINCT ON (p.id) p.id, g.id AS grid_id, g.code AS grid_code, g.community_code, "
-        "g.street_code, g.district_code "
+        f"INSERT INTO {new} (id, {_LIST}) "
+        "SELECT DISTINCT ON (p.id) p.id, g.id, g.code, g.community_code, g.street_code, g.district_code "
         f"FROM grid g CROSS JOIN LATERAL (SELECT id FROM {table} p WHERE ST_Intersects(g.geom, p.{anchor}) "
         "OFFSET 0) p WHERE g.valid_to IS NULL ORDER BY p.id, g.code"))
-    session.execute(text("ANALYZE _gisgrid_link"))      # temp tables have no statistics otherwise
-    changed = session.execute(text(
-        f"UPDATE {table} p SET {_SET} FROM _gisgrid_link l WHERE p.id = l.id AND ({_CHANGED})")).rowcount
     # Whatever no grid holds: unlinked, with its admin codes from the admin areas.
-    changed += session.execute(text(_point_sql(
-        table, anchor, "NOT EXISTS (SELECT 1 FROM _gisgrid_link k WHERE k.id = " + table + ".id)"))).rowcount
-    session.execute(text("DROP TABLE _gisgrid_link"))
+    session.execute(text(
+        f"INSERT INTO {new} (id, {_LIST}) "
+        + _located(table, f"NOT EXISTS (SELECT 1 FROM {new} k WHERE k.id = r.id)")))
+
+
+def _rebuild(session: Session, table: str) -> int:
+    link, new = f"{table}_link", f"{table}_link_new"
+    steps, t0 = [], time.perf_counter()
+
+    def step(name):
+        nonlocal t0
+        steps.append(f"{name} {time.perf_counter() - t0:.2f} s")
+        t0 = time.perf_counter()
+
+    indexes = session.execute(text(
+        "SELECT i.relname AS name, pg_get_indexdef(i.oid) AS ddl, c.conname AS constraint "
+        "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "LEFT JOIN pg_constraint c ON c.conindid = i.oid AND c.conrelid = x.indrelid "
+        "WHERE x.indrelid = CAST(:t AS regclass)"), {"t": link}).mappings().all()
+    assert all(ix["constraint"] is None or ix["name"] == f"pk_{link}" for ix in indexes), indexes
+    session.execute(text(f"DROP TABLE IF EXISTS {new}"))
+    session.execute(text(f"CREATE TABLE {new} (LIKE {link} INCLUDING DEFAULTS)"))
+    # Writers wait from here to the commit; readers go on reading the old table until the swap.
+    session.execute(text(f"LOCK TABLE {link} IN EXCLUSIVE MODE"))
+    step("lock")
+    _fill(session, table, new)
+    step("fill")
+    for ix in indexes:       # built after the rows are in: one sort each, no per-row inserts
+        tmp = f"{ix['name']}__new"
+        if ix["constraint"]:
+            session.execute(text(f"ALTER TABLE {new} ADD CONSTRAINT {ix['constraint']}__new PRIMARY KEY (id)"))
+        else:
+            ddl = re.sub(rf"^(CREATE (?:UNIQUE )?INDEX) {ix['name']} ON (ONLY )?((?:\S+\.)?){link} ",
+                         rf"\1 {tmp} ON \2\3{new} ", ix["ddl"])
+            session.execute(text(ddl))
+    step(f"{len(indexes)} indexes")
+    changed = session.execute(text(
+        f"SELECT count(*) FROM {link} o FULL JOIN {new} n ON n.id = o.id "
+        f"WHERE (o.id, o.grid_id, o.grid_code, o.community_code, o.street_code, o.district_code) IS DISTINCT FROM "
+        f"(n.id, n.grid_id, n.grid_code, n.community_code, n.street_code, n.district_code)")).scalar_one()
+    step("count changes")
+    # The swap: readers of the old table finish first; the new one takes its name and index names.
+    session.execute(text(f"DROP TABLE {link}"))
+    session.execute(text(f"ALTER TABLE {new} RENAME TO {link}"))
+    for ix in indexes:
+        if ix["constraint"]:
+            session.execute(text(f"ALTER TABLE {link} RENAME CONSTRAINT {ix['constraint']}__new TO {ix['constraint']}"))
+        else:
+            session.execute(text(f"ALTER INDEX {ix['name']}__new RENAME TO {ix['name']}"))
+    session.execute(text(f"ANALYZE {link}"))
+    step("swap + analyze")
+    log.info("relink %s: %s; %d changed", table, ", ".join(steps), changed)
     return changed
 
 
 def relink(session: Session, tables: tuple[str, ...] | None = None) -> dict[str, int]:
     """Recompute the links of every record of ``tables`` (default: all linked layers) in bulk.
 
+    Runs in the caller's transaction; never commits. Each layer's link table is rebuilt and
+    swapped in; ``link_ids`` on that layer waits meanwhile.
+
     Returns
     -------
     dict
-        table → number of rows whose links changed.
+        table → number of records whose links changed.
     """
     tables = ORDER if tables is None else tables
     for t in tables:
         _check(t)
-    out = {}
-    for t in ORDER:
-        if t not in tables:
-            continue
-        if t == "resident":
-            out[t] = session.execute(text(_residents_by_building("true"))).rowcount
-            out[t] += session.execute(text(_point_sql("resident", "geom", "building_id IS NULL"))).rowcount
-        else:
-            out[t] = _bulk(session, t)
-    return out
+    return {t: _rebuild(session, t) for t in ORDER if t in tables}

@@ -8,12 +8,12 @@ from sqlalchemy import CheckConstraint, Computed, Float, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gisgrid.db.base import Base
-from gisgrid.layers._columns import Linked, geom_type, gist, types, valid
+from gisgrid.layers._columns import geom_type, gist, types, valid
 
 KINDS = {"patrol_point": "巡逻点", "duty_post": "执勤点"}
 
 
-class PatrolPoint(Linked, Base):
+class PatrolPoint(Base):
     __tablename__ = "patrol_point"
     __table_args__ = (
         CheckConstraint("kind IN ('patrol_point', 'duty_post')", name="kind"),
@@ -31,7 +31,7 @@ class PatrolPoint(Linked, Base):
     geom = mapped_column(geom_type("POINT"), nullable=False)
 
 
-class PatrolRoute(Linked, Base):
+class PatrolRoute(Base):
     __tablename__ = "patrol_route"
     __table_args__ = (valid(), types("geom", "LineString", "MultiLineString"), gist("patrol_route"),
                       gist("patrol_route", "anchor"))

@@ -11,7 +11,7 @@ import hashlib
 import io
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, func, select, text
+from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, func, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gisgrid.db.base import Base
@@ -81,9 +81,15 @@ def add(session: Session, incident_id: int, raw: bytes, actor: str | None) -> st
     return digest
 
 
+def of_incident_sql(incident_id: str) -> str:
+    """An SQL expression: the photo hashes of the incident whose id is the SQL expression
+    ``incident_id``, as a JSON array, oldest first."""
+    return ("(SELECT coalesce(json_agg(photo_sha256 ORDER BY at, photo_sha256), '[]') FROM incident_photo "
+            f"WHERE incident_id = {incident_id})")
+
+
 def of_incident(session: Session, incident_id: int) -> list[str]:
-    return list(session.scalars(select(IncidentPhoto.photo_sha256).where(IncidentPhoto.incident_id == incident_id)
-                                .order_by(IncidentPhoto.at)))
+    return session.execute(text(f"SELECT {of_incident_sql('CAST(:i AS integer)')}"), {"i": incident_id}).scalar()
 
 
 def get(session: Session, sha256: str) -> Photo | None:

@@ -7,7 +7,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gisgrid.db.base import Base
-from gisgrid.layers._columns import Linked, geom_type, gist, types, valid
+from gisgrid.layers._columns import geom_type, gist, types, valid
 
 CATEGORIES = {
     "rental_house": "出租房屋", "shop": "商铺", "school": "学校", "hospital": "医疗机构",
@@ -15,7 +15,7 @@ CATEGORIES = {
 }
 
 
-class Place(Linked, Base):
+class Place(Base):
     __tablename__ = "place"
     __table_args__ = (valid(), types("geom", "Point"), gist("place"))
 

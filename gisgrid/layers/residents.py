@@ -14,10 +14,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gisgrid.db.base import Base
-from gisgrid.layers._columns import Linked, geom_type, gist, types, valid
+from gisgrid.layers._columns import geom_type, gist, types, valid
 
 
-class Resident(Linked, Base):
+class Resident(Base):
     __tablename__ = "resident"
     __table_args__ = (
         CheckConstraint("building_id IS NOT NULL OR geom IS NOT NULL", name="building_or_point"),
@@ -57,6 +57,11 @@ _PUBLIC_COLUMNS = ("code", "name", "gender", "birth_date", "id_number_masked", "
                    "grid_code", "community_code", "street_code", "district_code")
 
 
+_LINK = "LEFT JOIN resident_link l ON l.id = r.id"
+_SELECT = (f"SELECT r.*, {', '.join('l.' + c for c in ('grid_code', 'community_code', 'street_code', 'district_code'))}, "
+           f"b.code AS building_code FROM resident r {_LINK} LEFT JOIN building b ON b.id = r.building_id")
+
+
 def _row(r) -> dict:
     d = {k: r[k] for k in _PUBLIC_COLUMNS}
     d["birth_date"] = d["birth_date"].isoformat() if d["birth_date"] else None
@@ -67,16 +72,15 @@ def _row(r) -> dict:
 
 def page(session, scope: tuple[str, dict], *, grid_code: str | None = None, limit: int = 100,
          offset: int = 0) -> dict:
-    """Residents inside ``scope`` (from :func:`gisgrid.authz.scope_sql` on ``r``), masked,
+    """Residents inside ``scope`` (from :func:`gisgrid.authz.scope_sql` on the link ``l``), masked,
     ordered by code: ``{"total", "items"}``."""
     from sqlalchemy import text
 
-    cond = f"{scope[0]}" + (" AND r.grid_code = :grid" if grid_code else "")
+    cond = f"{scope[0]}" + (" AND l.grid_code = :grid" if grid_code else "")
     params = {**scope[1], "grid": grid_code, "limit": limit, "offset": offset}
-    total = session.execute(text(f"SELECT count(*) FROM resident r WHERE {cond}"), params).scalar()
-    rows = session.execute(text(
-        f"SELECT r.*, b.code AS building_code FROM resident r LEFT JOIN building b ON b.id = r.building_id "
-        f"WHERE {cond} ORDER BY r.code LIMIT :limit OFFSET :offset"), params).mappings()
+    total = session.execute(text(f"SELECT count(*) FROM resident r {_LINK} WHERE {cond}"), params).scalar()
+    rows = session.execute(text(f"{_SELECT} WHERE {cond} ORDER BY r.code LIMIT :limit OFFSET :offset"),
+                           params).mappings()
     return {"total": total, "items": [_row(r) for r in rows]}
 
 
@@ -91,9 +95,8 @@ def get(session, scope: tuple[str, dict], code: str, *, unmask_for: str | None =
     from gisgrid.errors import InvalidInput, NotFound
     from gisgrid.layers import audit
 
-    r = session.execute(text(
-        f"SELECT r.*, b.code AS building_code FROM resident r LEFT JOIN building b ON b.id = r.building_id "
-        f"WHERE r.code = :code AND {scope[0]}"), {"code": code, **scope[1]}).mappings().first()
+    r = session.execute(text(f"{_SELECT} WHERE r.code = :code AND {scope[0]}"),
+                        {"code": code, **scope[1]}).mappings().first()
     if r is None:
         raise NotFound(f"no resident {code!r} in your jurisdiction", field="code")
     out = _row(r)

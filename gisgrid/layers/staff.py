@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import CheckConstraint, Date, ForeignKey, Integer, String, func, select
+from sqlalchemy import CheckConstraint, Date, ForeignKey, Integer, String, func, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gisgrid.db.base import Base
@@ -35,13 +35,25 @@ class GridAssignment(Base):
     valid_to: Mapped[date | None] = mapped_column(Date)
 
 
+#: the order a team is listed in
+ORDER = ("head", "assistant", "police", "informant")
+
+
+def team_sql(grid_id: str) -> str:
+    """An SQL expression: the current team of the grid whose id is the SQL expression
+    ``grid_id``, as a JSON array of ``{name, phone, role}``, head first (for use inside a
+    larger query; :func:`labelled` adds the role labels)."""
+    order = ", ".join(f"'{r}'" for r in ORDER)
+    return ("(SELECT coalesce(json_agg(json_build_object('name', s.name, 'phone', s.phone, 'role', a.role) "
+            f"ORDER BY array_position(ARRAY[{order}], CAST(a.role AS text)), s.name), '[]') "
+            "FROM grid_assignment a JOIN staff s ON s.id = a.staff_id "
+            f"WHERE a.grid_id = {grid_id} AND a.valid_to IS NULL)")
+
+
+def labelled(members: list[dict] | None) -> list[dict]:
+    return [{**m, "role_label": ROLES[m["role"]]} for m in members or []]
+
+
 def team(session: Session, grid_id: int) -> list[dict]:
     """The current team of a grid, head first."""
-    order = {"head": 0, "assistant": 1, "police": 2, "informant": 3}
-    rows = session.execute(
-        select(Staff.name, Staff.phone, GridAssignment.role)
-        .join(GridAssignment, GridAssignment.staff_id == Staff.id)
-        .where(GridAssignment.grid_id == grid_id, GridAssignment.valid_to.is_(None))
-    ).all()
-    return sorted(({"name": n, "phone": p, "role": r, "role_label": ROLES[r]} for n, p, r in rows),
-                  key=lambda m: (order[m["role"]], m["name"]))
+    return labelled(session.execute(text(f"SELECT {team_sql('CAST(:g AS integer)')}"), {"g": grid_id}).scalar())

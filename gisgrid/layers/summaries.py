@@ -19,6 +19,8 @@ from gisgrid.layers.tiles import Filters
 #: the column of a linked table that holds an area of each level
 AREA_COLUMN = {"grid": "grid_code", "community": "community_code", "street": "street_code", "district": "district_code"}
 RECENT = 10
+#: incidents with their links (alias ``i``, link ``l``)
+_INCIDENTS = "incident i LEFT JOIN incident_link l ON l.id = i.id"
 
 # one pass over the incidents of the selection: received, open, overdue, resolved, satisfaction
 _FIGURES = (
@@ -84,26 +86,26 @@ def summary(session: Session, code: str, principal: authz.Principal, filters: Fi
     out = dict(a)
     params = {"c": code, "open": list(incidents.OPEN_STATES), **fparams}
     counts = {}
+    scope, sp = authz.scope_sql(principal, "l")
     for alias, table in (("b", "building"), ("r", "resident")):
-        scope, sp = authz.scope_sql(principal, alias)
         counts[table] = session.execute(text(
             f"SELECT count(*), coalesce(sum({'b.households' if alias == 'b' else '0'}), 0) FROM {table} {alias} "
-            f"WHERE {alias}.{col} = :c AND {scope}"), {**params, **sp}).one()
+            f"JOIN {table}_link l ON l.id = {alias}.id WHERE l.{col} = :c AND {scope}"), {**params, **sp}).one()
     out["buildings"], out["households"] = int(counts["building"][0]), int(counts["building"][1])
     out["residents"] = int(counts["resident"][0])
-    scope, sp = authz.scope_sql(principal, "i")
-    where = f"i.{col} = :c AND {scope} AND {fsql}"
+    where = f"l.{col} = :c AND {scope} AND {fsql}"
     params.update(sp)
-    out.update(_rates(session.execute(text(f"SELECT {_FIGURES} FROM incident i WHERE {where}"), params).mappings().one()))
+    out.update(_rates(session.execute(text(f"SELECT {_FIGURES} FROM {_INCIDENTS} WHERE {where}"),
+                                      params).mappings().one()))
     out["by_state"] = [{"state": s, "name": incidents.STATES[s], "n": n} for s, n in session.execute(text(
-        f"SELECT i.state, count(*) FROM incident i WHERE {where} GROUP BY 1 ORDER BY 2 DESC"), params)]
+        f"SELECT i.state, count(*) FROM {_INCIDENTS} WHERE {where} GROUP BY 1 ORDER BY 2 DESC"), params)]
     out["by_category"] = [{"category": c, "name": incidents.CATEGORIES.get(c, c), "n": n} for c, n in session.execute(
-        text(f"SELECT i.category, count(*) FROM incident i WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1"), params)]
+        text(f"SELECT i.category, count(*) FROM {_INCIDENTS} WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1"), params)]
     out["recent"] = [dict(r, state_name=incidents.STATES[r["state"]],
                           category_name=incidents.CATEGORIES.get(r["category"], r["category"]),
                           reported_at=r["reported_at"].isoformat()) for r in session.execute(text(
         "SELECT i.code, i.state, i.category, i.reported_at, i.address, ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat "
-        f"FROM incident i WHERE {where} ORDER BY i.reported_at DESC, i.id DESC LIMIT {RECENT}"), params).mappings()]
+        f"FROM {_INCIDENTS} WHERE {where} ORDER BY i.reported_at DESC, i.id DESC LIMIT {RECENT}"), params).mappings()]
     out["team"] = staff.team(session, a["id"]) if a["level"] == "grid" else []
     if a["level"] != "grid":
         gscope, gp = authz.scope_sql(principal, "g", grid_col="code")
@@ -118,17 +120,18 @@ def kpi(session: Session, principal: authz.Principal, *, bbox=None, code: str | 
     """The KPI strip: new today, received, open, overdue, resolution and satisfaction rates of
     the incidents in ``bbox`` (``(w, s, e, n)`` degrees) or in area ``code`` (or everywhere the
     caller may see), with the filters."""
-    scope, sp = authz.scope_sql(principal, "i")
+    scope, sp = authz.scope_sql(principal, "l")
     fsql, fp = filters.sql("i")
     conds, params = [scope, fsql], {**sp, **fp, "open": list(incidents.OPEN_STATES)}
     if code:
         a = area(session, code, principal)
-        conds.append(f"i.{AREA_COLUMN[a['level']]} = :c")
+        conds.append(f"l.{AREA_COLUMN[a['level']]} = :c")
         params["c"] = code
     if bbox is not None:
         conds.append("i.geom && ST_MakeEnvelope(:w, :s, :e, :n, 4326)")
         params.update(w=bbox[0], s=bbox[1], e=bbox[2], n=bbox[3])
-    row = session.execute(text(f"SELECT {_FIGURES} FROM incident i WHERE {' AND '.join(conds)}"), params).mappings().one()
+    row = session.execute(text(f"SELECT {_FIGURES} FROM {_INCIDENTS} WHERE {' AND '.join(conds)}"),
+                          params).mappings().one()
     return _rates(row)
 
 
@@ -159,8 +162,8 @@ def search(session: Session, principal: authz.Principal, q: str) -> list[dict]:
     prefix = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     gscope, gp = authz.scope_sql(principal, "g", grid_col="code")
     ascope, ap = authz.admin_area_sql(principal, "a")
-    bscope, bp = authz.scope_sql(principal, "b")
-    iscope, ip = authz.scope_sql(principal, "i")
+    bscope, bp = authz.scope_sql(principal, "bl")
+    iscope, ip = authz.scope_sql(principal, "il")
     sql = f"""
         (SELECT 'grid' AS kind, g.code, g.name AS label, ST_X(ST_PointOnSurface(g.geom)) AS lon,
                 ST_Y(ST_PointOnSurface(g.geom)) AS lat, 16 AS zoom FROM grid g
@@ -171,11 +174,11 @@ def search(session: Session, principal: authz.Principal, q: str) -> list[dict]:
          WHERE a.geom IS NOT NULL AND (a.code LIKE :prefix OR a.name LIKE :like) AND {ascope} ORDER BY a.code LIMIT :n)
         UNION ALL
         (SELECT 'building', b.code, coalesce(b.address, b.name, b.code), ST_X(b.anchor), ST_Y(b.anchor), 18
-         FROM building b WHERE (b.address LIKE :like OR b.name LIKE :like OR b.code = :q) AND {bscope}
+         FROM building b LEFT JOIN building_link bl ON bl.id = b.id WHERE (b.address LIKE :like OR b.name LIKE :like OR b.code = :q) AND {bscope}
          ORDER BY b.code LIMIT :n)
         UNION ALL
         (SELECT 'incident', i.code, i.code || ' ' || coalesce(i.address, i.category), ST_X(i.geom), ST_Y(i.geom), 18
-         FROM incident i WHERE i.code LIKE :prefix AND {iscope} ORDER BY i.code LIMIT :n)"""
+         FROM incident i LEFT JOIN incident_link il ON il.id = i.id WHERE i.code LIKE :prefix AND {iscope} ORDER BY i.code LIMIT :n)"""
     rows = session.execute(text(sql), {"q": q, "like": like, "prefix": prefix, "n": SEARCH_LIMIT,
                                        **gp, **ap, **bp, **ip}).mappings()
     return [dict(r) for r in rows]

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from gisgrid import authz
 from gisgrid.errors import InvalidInput, NotFound
-from gisgrid.layers import changes, incidents
+from gisgrid.layers import changes, incidents, linking
 
 EXTENT = 4096           # MVT coordinate units across a tile
 BUFFER = 64             # units drawn beyond the edge, so strokes meet across tiles
@@ -191,6 +191,7 @@ class Layer:
     filtered: bool = False              # takes the incident filters
     minzoom: int = 0
     params: tuple[str, ...] = ()        # query parameters it takes
+    links: tuple[str, ...] = ()         # link tables it reads (gisgrid.layers.linking)
 
 
 
@@ -215,20 +216,22 @@ LAYERS: dict[str, Layer] = {l.name: l for l in (
     Layer("admin_areas", ("admin_area",), "Polygon",
           fields={"code": "12-digit division code", "name": "name", "level": "district | street | community"}),
     Layer("grids", ("grid", "admin_area", "building", "incident", "incident_event"), "Polygon", points_from=12,
+          links=("building_link", "incident_link"),
           filtered=True, params=FILTER_KEYS + ("figures",),
           fields={"code": "grid code (community code below zoom 12)", "name": "name",
                   "level": "grid, or community below zoom 12", "households": "households in its buildings",
                   **_COUNT_FIELDS}),
-    Layer("buildings", ("building",), "Polygon", points_from=14,
+    Layer("buildings", ("building",), "Polygon", points_from=14, links=("building_link",),
           fields={"code": "building code", "name": "name", "households": "households", "floors": "floors",
                   "n": "buildings in the bin (below zoom 14)"}),
-    Layer("patrol_points", ("patrol_point",), "Point", points_from=12,
+    Layer("patrol_points", ("patrol_point",), "Point", points_from=12, links=("patrol_point_link",),
           fields={"code": "code", "name": "name", "kind": "patrol_point | duty_post", "team": "team",
                   "n": "points in the bin (below zoom 12)"}),
-    Layer("patrol_routes", ("patrol_route",), "LineString", fields={"code": "code", "name": "name", "team": "team"}),
-    Layer("places", ("place",), "Point", points_from=14,
+    Layer("patrol_routes", ("patrol_route",), "LineString", links=("patrol_route_link",), fields={"code": "code", "name": "name", "team": "team"}),
+    Layer("places", ("place",), "Point", points_from=14, links=("place_link",),
           fields={"code": "code", "name": "name", "category": "place category", "n": "places in the bin"}),
     Layer("incidents", ("incident",), "Point", points_from=14, filtered=True, params=FILTER_KEYS,
+          links=("incident_link",),
           fields={"code": "incident number", "state": "state", "category": "category", "overdue": "past deadline",
                   "reported": "reported at, Unix seconds",
                   "n": "incidents in the bin (below zoom 14)", "open": "open in the bin",
@@ -277,7 +280,8 @@ def _bins(name: str, table: str, alias: str, anchor: str, cols: str, counts: str
     inner = (
         f"SELECT {counts}, ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(avg(lon), avg(lat)), 4326), 3857), "
         f"env.tile, {EXTENT}, {BUFFER}, true) AS geom "
-        f"FROM (SELECT {cols}, ST_X({alias}.{anchor}) AS lon, ST_Y({alias}.{anchor}) AS lat FROM {table} {alias}, env "
+        f"FROM (SELECT {cols}, ST_X({alias}.{anchor}) AS lon, ST_Y({alias}.{anchor}) AS lat "
+        f"FROM {table} {alias} {linking.join_sql(table, alias)} "
         f"WHERE {alias}.{anchor} && {_INNER} AND {where} OFFSET 0) {alias}, env "
         "WHERE lon >= env.w AND lon < env.e AND lat >= env.s AND lat < env.n "
         f"GROUP BY floor((lon - env.w) / (env.e - env.w) * {BINS}), "
@@ -305,24 +309,27 @@ def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
         inner = (
             f"SELECT g.id AS fid, g.code, g.name, 'grid' AS level, coalesce(b.households, 0) AS households, "
             f"{out}, {_geom('g.geom')} AS geom FROM env, grid g "
-            "LEFT JOIN LATERAL (SELECT sum(households)::int AS households FROM building WHERE grid_id = g.id) b ON true "
-            f"LEFT JOIN LATERAL (SELECT {counts} FROM incident i WHERE i.grid_id = g.id AND {fsql}) c ON true "
+            "LEFT JOIN LATERAL (SELECT sum(b.households)::int AS households FROM building_link k "
+            "JOIN building b ON b.id = k.id WHERE k.grid_id = g.id) b ON true "
+            f"LEFT JOIN LATERAL (SELECT {counts} FROM incident_link l JOIN incident i ON i.id = l.id "
+            f"WHERE l.grid_id = g.id AND {fsql}) c ON true "
             f"WHERE g.valid_to IS NULL AND g.geom && {_BOX} AND {scope} ORDER BY g.id LIMIT {MAX_FEATURES}")
         return _mvt("grids", inner), {**sp, **fparams}
     # Below zoom 12 a grid is a couple of pixels: communities, with the sums of what the caller
     # may see inside them (a field worker's community holds only their grid's figures).
     area, ap = authz.admin_area_sql(principal, "a")
-    bscope, bp = authz.scope_sql(principal, "b")
-    iscope, ip = authz.scope_sql(principal, "i")
+    bscope, bp = authz.scope_sql(principal, "k")
+    iscope, ip = authz.scope_sql(principal, "l")
     inner = (
         f"SELECT a.id AS fid, a.code, a.name, 'community' AS level, coalesce(b.households, 0) AS households, "
         f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a "
         # one grouped pass over the records of the communities in the tile (whole communities,
         # also where they reach beyond it), not a probe per community
-        "LEFT JOIN (SELECT b.community_code, sum(households)::int AS households FROM building b "
-        f"WHERE b.community_code IN ({_COMMUNITIES_IN_TILE}) AND {bscope} GROUP BY 1) b ON b.community_code = a.code "
-        f"LEFT JOIN (SELECT i.community_code, {counts} FROM incident i "
-        f"WHERE i.community_code IN ({_COMMUNITIES_IN_TILE}) AND {iscope} AND {fsql} GROUP BY 1) c "
+        "LEFT JOIN (SELECT k.community_code, sum(b.households)::int AS households FROM building_link k "
+        f"JOIN building b ON b.id = k.id WHERE k.community_code IN ({_COMMUNITIES_IN_TILE}) AND {bscope} "
+        "GROUP BY 1) b ON b.community_code = a.code "
+        f"LEFT JOIN (SELECT l.community_code, {counts} FROM incident_link l JOIN incident i ON i.id = l.id "
+        f"WHERE l.community_code IN ({_COMMUNITIES_IN_TILE}) AND {iscope} AND {fsql} GROUP BY 1) c "
         "ON c.community_code = a.code "
         f"WHERE a.level = 'community' AND a.geom && {_BOX} AND {area} ORDER BY a.id LIMIT {MAX_FEATURES}")
     return _mvt("grids", inner), {**ap, **bp, **ip, **fparams}
@@ -331,20 +338,20 @@ def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
 def _points_or_bins(name: str, table: str, alias: str, anchor: str, cols: str, bin_cols: str, bin_counts: str,
                     geom_kind: str = "point"):
     def build(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
-        scope, sp = authz.scope_sql(principal, alias)
+        scope, sp = authz.scope_sql(principal, "l")
         if tile.z < LAYERS[name].points_from:
             return _bins(name, table, alias, anchor, bin_cols, bin_counts, scope), sp
         inner = (f"SELECT {alias}.id AS fid, {cols}, {_geom(alias + '.geom', geom_kind)} AS geom "
-                 f"FROM env, {table} {alias} WHERE {alias}.geom && {_BOX} AND {scope} "
+                 f"FROM env, {table} {alias} {linking.join_sql(table, alias)} WHERE {alias}.geom && {_BOX} AND {scope} "
                  f"ORDER BY {alias}.id LIMIT {MAX_FEATURES}")
         return _mvt(name, inner), sp
     return build
 
 
 def _patrol_routes(tile: Tile, principal, filters) -> tuple[str, dict]:
-    scope, sp = authz.scope_sql(principal, "r")
+    scope, sp = authz.scope_sql(principal, "l")
     inner = (f"SELECT r.id AS fid, r.code, r.name, r.team, {_geom('r.geom', 'line')} AS geom FROM env, patrol_route r "
-             f"WHERE r.geom && {_BOX} AND {scope} ORDER BY r.id LIMIT {MAX_FEATURES}")
+             f"{linking.join_sql('patrol_route', 'r')} WHERE r.geom && {_BOX} AND {scope} ORDER BY r.id LIMIT {MAX_FEATURES}")
     return _mvt("patrol_routes", inner), sp
 
 
@@ -352,7 +359,7 @@ _STATE_COUNTS = ", ".join(f"count(*) FILTER (WHERE i.state = '{s}')::int AS {s}"
 
 
 def _incidents(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
-    scope, sp = authz.scope_sql(principal, "i")
+    scope, sp = authz.scope_sql(principal, "l")
     fsql, fp = filters.sql("i")
     where = f"{scope} AND {fsql}"
     if tile.z < LAYERS["incidents"].points_from:
@@ -361,7 +368,8 @@ def _incidents(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
         return _bins("incidents", "incident", "i", "geom", "i.state, i.deadline", counts, where), {**sp, **fp}
     inner = (f"SELECT i.id AS fid, i.code, i.state, i.category, {_OVERDUE} AS overdue, "
              f"extract(epoch FROM i.reported_at)::bigint AS reported, {_geom('i.geom', 'point')} AS geom "
-             f"FROM env, incident i WHERE i.geom && {_BOX} AND {where} ORDER BY i.id LIMIT {MAX_FEATURES}")
+             f"FROM env, incident i {linking.join_sql('incident', 'i')} WHERE i.geom && {_BOX} AND {where} "
+             f"ORDER BY i.id LIMIT {MAX_FEATURES}")
     return _mvt("incidents", inner), {**sp, **fp}
 
 
@@ -407,7 +415,7 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
     """
     sql, params = _select(name, tile, principal, filters)
     combined = f"{_ENV}SELECT {_version_sql(name)} AS version, ({sql}) AS mvt"
-    row = session.execute(text(combined), {**params, "vtables": sorted(LAYERS[name].tables)}).one()
+    row = session.execute(text(combined), {**params, **_version_params(name)}).one()
     return bytes(row.mvt or b""), row.version
 
 
@@ -423,7 +431,11 @@ def _version_sql(name: str) -> str:
 
 def version(session: Session, name: str) -> str:
     """The layer's current version (what :func:`render` returns with the bytes)."""
-    return session.execute(text(f"SELECT {_version_sql(name)}"), {"vtables": sorted(LAYERS[name].tables)}).scalar()
+    return session.execute(text(f"SELECT {_version_sql(name)}"), _version_params(name)).scalar()
+
+
+def _version_params(name: str) -> dict:
+    return {"vtables": sorted(LAYERS[name].tables), "vlinks": sorted(LAYERS[name].links)}
 
 
 def tilejson(name: str, tiles_url: str, version_: str, bounds: tuple[float, float, float, float] | None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Flask, g
+from sqlalchemy.exc import SQLAlchemyError
 
 from gisgrid import config
 
@@ -46,7 +47,10 @@ def create_app(overrides: dict | None = None) -> Flask:
     def _close_session(exc):
         s = g.pop("db", None)
         if s is not None:
-            s.close()
+            try:
+                s.close()
+            except SQLAlchemyError as e:     # the database went away after the response was made
+                app.logger.warning("closing the request's session failed: %s", e.__class__.__name__)
 
     return app
 

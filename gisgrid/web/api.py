@@ -152,7 +152,7 @@ def resident_list():
         401: {$ref: '#/components/responses/Unauthenticated'}
     """
     limit, offset = check_pagination(request.args.get("limit"), request.args.get("offset"))
-    return jsonify(residents.page(db(), authz.scope_sql(principal(), "r"), grid_code=request.args.get("grid"),
+    return jsonify(residents.page(db(), authz.scope_sql(principal(), "l"), grid_code=request.args.get("grid"),
                                   limit=limit, offset=offset))
 
 
@@ -181,7 +181,7 @@ def resident_detail(code):
     unmask = request.args.get("unmask") in ("1", "true")
     if unmask:
         authz.require(p, "pii")
-    out = residents.get(s, authz.scope_sql(p, "r"), code, unmask_for=p.username if unmask else None,
+    out = residents.get(s, authz.scope_sql(p, "l"), code, unmask_for=p.username if unmask else None,
                         reason=request.args.get("reason"))
     s.commit()
     return jsonify(out)

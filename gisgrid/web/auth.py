@@ -16,14 +16,77 @@ from flask import Blueprint, current_app, g, redirect, render_template, request,
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFProtect
+from limits.storage import Storage
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from gisgrid import authz
 from gisgrid.errors import GisgridError, InvalidInput
-from gisgrid.layers import audit, users
+from gisgrid.layers import audit, rate_limits, users
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
-limiter = Limiter(key_func=get_remote_address, storage_uri="memory://", default_limits=[],
+
+
+class SharedCounters(Storage):
+    """Flask-Limiter storage ``gisgrid://``: the counters of :mod:`gisgrid.layers.rate_limits`
+    in the current app's database, so every worker process counts against the same limit.
+    Each hit is its own autocommitted statement, outside the request's transaction: a refused
+    or failed request still counts. The count and window end a hit returns are kept for the
+    rest of the request, so the rate-limit headers cost no second query."""
+
+    STORAGE_SCHEME = ["gisgrid"]
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options):
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+
+    @property
+    def base_exceptions(self):
+        return SQLAlchemyError
+
+    def _conn(self):
+        ext = current_app.extensions["gisgrid"]
+        if "autocommit" not in ext:
+            ext["autocommit"] = ext["engine"].execution_options(isolation_level="AUTOCOMMIT")
+        return ext["autocommit"].connect()
+
+    def _seen(self) -> dict:
+        if "rate_windows" not in g:
+            g.rate_windows = {}
+        return g.rate_windows
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        with self._conn() as c:
+            count, ends = rate_limits.incr(c, key, expiry, amount)
+        self._seen()[key] = (count, ends)
+        return count
+
+    def get(self, key: str) -> int:
+        if key in self._seen():
+            return self._seen()[key][0]
+        with self._conn() as c:
+            return rate_limits.get(c, key)
+
+    def get_expiry(self, key: str) -> float:
+        if key in self._seen():
+            return self._seen()[key][1]
+        with self._conn() as c:
+            return rate_limits.expiry(c, key)
+
+    def check(self) -> bool:
+        with self._conn() as c:
+            return c.execute(text("SELECT true")).scalar()
+
+    def reset(self) -> int | None:
+        with self._conn() as c:
+            return rate_limits.clear(c)
+
+    def clear(self, key: str) -> None:
+        with self._conn() as c:
+            rate_limits.clear(c, key)
+
+
+limiter = Limiter(key_func=get_remote_address, storage_uri="gisgrid://", default_limits=[],
                   headers_enabled=True)
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 

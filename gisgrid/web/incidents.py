@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from gisgrid import authz, workflow
 from gisgrid.errors import InvalidInput, NotFound
 from gisgrid.layers import incidents, photos
-from gisgrid.web import db
+from gisgrid.web import db, settings
 from gisgrid.web.auth import check_pagination, limiter, needs, principal
 
 bp = Blueprint("incidents", __name__, url_prefix="/api")
@@ -109,7 +109,8 @@ def report():
         s, principal().username, category=body["category"], lon=body["lon"], lat=body["lat"],
         crs=body.get("crs", "EPSG:4326"), description=body.get("description", ""), address=body.get("address"),
         source=body.get("source", "patrol"), reporter=body.get("reporter"), accuracy_m=body.get("accuracy_m"),
-        idempotency_key=key)
+        idempotency_key=key, duplicate_metres=settings().duplicate_metres,
+        duplicate_hours=settings().duplicate_hours)
     s.commit()
     return jsonify(out), (201 if created else 200)
 
@@ -150,7 +151,7 @@ def incident_list():
     limit, offset = check_pagination(a.get("limit"), a.get("offset"))
     p = principal()
     return jsonify(incidents.search(
-        db(), authz.scope_sql(p, "i"), state=a.get("state"), category=a.get("category"), grid=a.get("grid"),
+        db(), authz.scope_sql(p, "l"), state=a.get("state"), category=a.get("category"), grid=a.get("grid"),
         area=a.get("area"), since=_when(a.get("since"), "since"), until=_when(a.get("until"), "until"),
         assignee_username=p.username if a.get("mine") == "1" else None, overdue=a.get("overdue") == "1",
         limit=limit, offset=offset))
@@ -181,7 +182,7 @@ def incident_detail(code):
         401: {$ref: '#/components/responses/Unauthenticated'}
         404: {$ref: '#/components/responses/NotFound'}
     """
-    return jsonify(incidents.detail(db(), code, authz.scope_sql(principal(), "i")))
+    return jsonify(incidents.detail(db(), code, authz.scope_sql(principal(), "l")))
 
 
 @bp.post("/incidents/<code>/actions/<action>")
@@ -304,7 +305,7 @@ def incident_photo_upload(code):
     if f is None:
         raise InvalidInput("send the image as multipart form field 'photo'", field="photo")
     s, p = db(), principal()
-    iid = incidents.scoped_id(s, code, authz.scope_sql(p, "i"))
+    iid = incidents.scoped_id(s, code, authz.scope_sql(p, "l"))
     digest = photos.add(s, iid, f.read(photos.MAX_BYTES + 1), p.username)
     s.commit()
     return jsonify({"sha256": digest, "url": f"/api/photos/{digest}"}), 201
@@ -329,8 +330,8 @@ def photo(sha256):
     from sqlalchemy import text
 
     s = db()
-    scope = authz.scope_sql(principal(), "i")
-    ok = s.execute(text(f"SELECT 1 FROM incident_photo ip JOIN incident i ON i.id = ip.incident_id "
+    scope = authz.scope_sql(principal(), "l")
+    ok = s.execute(text(f"SELECT 1 FROM incident_photo ip JOIN incident i ON i.id = ip.incident_id {incidents.LINK} "
                         f"WHERE ip.photo_sha256 = :h AND {scope[0]} LIMIT 1"), {"h": sha256, **scope[1]}).scalar()
     ph = photos.get(s, sha256) if ok else None
     if ph is None:
@@ -373,7 +374,7 @@ def stats():
     if fmt not in ("json", "csv", "xlsx"):
         raise InvalidInput(f"format must be json, csv or xlsx, got {fmt!r}", field="format")
     p = principal()
-    rows = incidents.statistics(db(), authz.scope_sql(p, "i"), level=a.get("level", "community"),
+    rows = incidents.statistics(db(), authz.scope_sql(p, "l"), level=a.get("level", "community"),
                                 since=_when(a.get("since"), "since"), until=_when(a.get("until"), "until"),
                                 by_category=a.get("by_category") == "1")
     if fmt == "json":

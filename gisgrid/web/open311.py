@@ -78,7 +78,7 @@ from werkzeug.exceptions import HTTPException, default_exceptions
 from gisgrid import authz
 from gisgrid.errors import GisgridError, InvalidInput, NotFound, UnknownReference
 from gisgrid.layers import incidents
-from gisgrid.web import db
+from gisgrid.web import db, settings
 from gisgrid.web.auth import limiter, needs, principal, public
 
 bp = Blueprint("open311", __name__, url_prefix="/open311/v2")
@@ -335,7 +335,7 @@ def request_list(fmt):
     days; ``end_date`` alone: the 90 days before it)."""
     fmt = _format(fmt)
     a, s = request.args, db()
-    scope = authz.scope_sql(principal(), "i")
+    scope = authz.scope_sql(principal(), "l")
     ids = a.get("service_request_id")
     if ids:
         codes = list(dict.fromkeys(c.strip() for c in ids.split(",") if c.strip()))
@@ -364,7 +364,7 @@ def request_list(fmt):
 def request_detail(service_request_id, fmt):
     """One service request (a list of one, as the spec shows); 404 outside the jurisdiction."""
     fmt = _format(fmt)
-    d = incidents.detail(db(), service_request_id, authz.scope_sql(principal(), "i"))
+    d = incidents.detail(db(), service_request_id, authz.scope_sql(principal(), "l"))
     return _respond(fmt, _requests([d]), "service_requests", "request")
 
 
@@ -435,7 +435,8 @@ def request_create(fmt):
         s, principal().username, category=code, lon=lon, lat=lat, description=form.get("description", ""),
         address=form.get("address_string", "").strip() or None, source="resident",
         reporter=_reporter(form.get("first_name", ""), form.get("last_name", "")),
-        idempotency_key=request.headers.get("Idempotency-Key") or None)
+        idempotency_key=request.headers.get("Idempotency-Key") or None,
+        duplicate_metres=settings().duplicate_metres, duplicate_hours=settings().duplicate_hours)
     s.commit()
     deadline = _iso(out.get("deadline"))
     notice = (f"已收到，事件编号 {out['code']}，{_status_notes(out)}，由 {_agency(out)} 办理"

@@ -1,7 +1,7 @@
 """change counters: table_change and a statement trigger on every layer table; rejection index
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-23 02:30:00
 
 Tiles carry an ETag from the version of the tables they draw (``gisgrid.layers.changes``): each
@@ -11,8 +11,8 @@ table (the shard is the writer's backend pid, so concurrent writers seldom share
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0004'
-down_revision = '0003'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
