@@ -10,7 +10,8 @@ the tile) and one with it on, and asks them with an admin API token (the whole c
 For every layer at zooms 10, 12, 14 and 16, at the tile holding the centre of the city:
 
 * floor: the very statement the server runs for that tile (``tiles.tile_sql``), executed by a
-  bare psycopg connection as a prepared statement over the same Unix socket;
+  bare psycopg connection as a prepared statement over the same Unix socket, with JIT off as
+  the server runs it;
 * served, uncached: ``GET /tiles/<layer>/<z>/<x>/<y>.pbf`` (auth, version query, the statement,
   gzip, HTTP), interleaved with the floor, p50 of ``--repeat``;
 * served, cached: the second server after one warm-up request; and a 304 revalidation;
@@ -141,6 +142,7 @@ def main() -> None:
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("ANALYZE")
+            conn.execute("SET jit = off")      # as the server runs tile statements (tiles.render)
             log(f"\n{'layer':<14}{'z':>3} {'floor p50':>10} {'served':>9} {'ratio':>6} {'cached':>8} {'floor/c':>8} "
                 f"{'304':>7} {'raw KB':>8} {'gzip KB':>8} {'features':>9}")
             for name in tiles.LAYERS:

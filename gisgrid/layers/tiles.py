@@ -414,6 +414,9 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
     >>> data, version = render(session, "grids", Tile(14, 13393, 6710), admin)   # doctest: +SKIP
     """
     sql, params = _select(name, tile, principal, filters)
+    # A tile statement of a whole city is "expensive" to the planner, which then JIT-compiles it:
+    # seconds of LLVM for a statement that runs once. Off for this transaction.
+    session.execute(text("SET LOCAL jit = off"))
     combined = f"{_ENV}SELECT {_version_sql(name)} AS version, ({sql}) AS mvt"
     row = session.execute(text(combined), {**params, **_version_params(name)}).one()
     return bytes(row.mvt or b""), row.version
