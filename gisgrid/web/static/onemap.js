@@ -98,8 +98,9 @@
       incidents: function (p) {
         if (p.n !== undefined) {          // a bin: size by count, colour by its commonest (open) state
           var s = dominantState(p);
-          return {radius: Math.min(4 + Math.sqrt(p.n) * 1.3, 24), fill: true, fillColor: cfg.states[s][1],
-                  fillOpacity: 0.75, color: "#fff", weight: 1, className: "gg-bin gg-incident-bin gg-state-" + s};
+          // bins are 16 px apart on the 512 px tiles: at most 7.5 px, so they never cover the grids
+          return {radius: Math.min(2.5 + Math.sqrt(p.n) * 0.5, 7.5), fill: true, fillColor: cfg.states[s][1],
+                  fillOpacity: 0.7, color: "#fff", weight: 0.5, className: "gg-bin gg-incident-bin gg-state-" + s};
         }
         var done = p.state === "closed" || p.state === "evaluated";
         return {radius: done ? 3.5 : 6, fill: true, fillColor: cfg.states[p.state][1], fillOpacity: done ? 0.55 : 0.95,
