@@ -93,9 +93,10 @@ def require(principal: Principal | None, action: str) -> Principal:
     return principal
 
 
-def scope_sql(principal: Principal, alias: str = "", *, grid_col: str = "grid_code") -> tuple[str, dict]:
+def scope_sql(principal: Principal, alias: str = "", *, grid_col: str | None = "grid_code") -> tuple[str, dict]:
     """A SQL condition (and its bound parameters) keeping the rows of a linked table (or the
-    grid table with ``grid_col="code"``) inside the principal's jurisdiction."""
+    grid table with ``grid_col="code"``) inside the principal's jurisdiction. ``grid_col=None``:
+    the table has no grid column (admin areas), grid codes of the jurisdiction match nothing."""
     if principal.everywhere:
         return "TRUE", {}
     p = f"{alias}." if alias else ""
@@ -104,7 +105,7 @@ def scope_sql(principal: Principal, alias: str = "", *, grid_col: str = "grid_co
     chain = (("district", "district_code", 6), ("street", "street_code", 9), ("community", "community_code", 12),
              ("grid", grid_col, None))
     for depth, (level, col, _) in enumerate(chain):
-        if not lv[level]:
+        if not lv[level] or col is None:      # grid_col=None: the table has no grid column
             continue
         # the level's codes, with the parents they imply, so one (district, street, community,
         # grid) index serves every level: e.g. street 420103001000 → district 420103000000
@@ -139,7 +140,7 @@ def admin_area_sql(principal: Principal, alias: str = "") -> tuple[str, dict]:
     codes = list(principal.jurisdiction)
     ancestors = sorted({c[:6] + "000000" for c in codes} | {c[:9] + "000" for c in codes if not c.endswith("000000")}
                        | {c[:12] for c in codes if len(c) > 12})
-    inside, params = scope_sql(principal, alias, grid_col="NULL")
+    inside, params = scope_sql(principal, alias, grid_col=None)
     return f"({inside} OR {p}code = ANY(:jur_ancestors))", {**params, "jur_ancestors": ancestors}
 
 

@@ -46,6 +46,8 @@ class Settings:
     report_limit: str = "120 per minute"
     #: ``GISGRID_IMPORT_LIMIT_MB``: largest file an API import takes (other requests: 16 MB).
     import_limit_mb: float = 64
+    #: ``GISGRID_TILE_CACHE_MB``: in-process cache of drawn vector tiles (0 = none).
+    tile_cache_mb: int = 128
     #: ``GISGRID_DUPLICATE_METRES`` / ``GISGRID_DUPLICATE_HOURS``: an open incident of the same
     #: category this near and this recent is offered as a possible duplicate of a new report.
     duplicate_metres: float = 50.0
@@ -89,6 +91,7 @@ def load(env: dict | None = None) -> Settings:
         login_limit=env.get("GISGRID_LOGIN_LIMIT", "10 per minute"),
         report_limit=env.get("GISGRID_REPORT_LIMIT", "120 per minute"),
         import_limit_mb=float(env.get("GISGRID_IMPORT_LIMIT_MB", "64")),
+        tile_cache_mb=int(env.get("GISGRID_TILE_CACHE_MB", "128")),
         duplicate_metres=float(env.get("GISGRID_DUPLICATE_METRES", "50")),
         duplicate_hours=float(env.get("GISGRID_DUPLICATE_HOURS", "72")),
     )

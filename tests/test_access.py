@@ -133,6 +133,12 @@ MATRIX = {
     "POST /api/plans/<int:plan_id>/undo": "post",
     "POST /api/plans/<int:plan_id>/propose": "post",
     "POST /api/plans/<int:plan_id>/actions/<action>": "post",
+    "GET /tiles/<name>/<int:z>/<int:x>/<int:y>.pbf": "tile",
+    "GET /tiles/<name>.json": "tilejson",
+    "GET /tiles/index.json": "tileindex",
+    "GET /api/areas/<code>/summary": "area_summary",
+    "GET /api/kpi": "kpi",
+    "GET /api/search": "search",
 }
 
 
@@ -157,7 +163,7 @@ def test_anonymous_gets_nothing(anonymous, world, route):
     url = url_for(MATRIX[route], world) if method == "GET" and MATRIX[route] != "plan" else rule.replace(
         "<code>", world["incident"]).replace("<action>", "accept").replace("<int:sid>", "1").replace("<int:plan_id>", "1")
     r = anonymous.get(url) if method == "GET" else anonymous.open(url, method=method.split(",")[-1], json={})
-    if url.startswith("/api/"):
+    if url.startswith(("/api/", "/tiles/")):
         assert r.status_code == 401 and r.json["error"] == "Unauthenticated"
     elif url.startswith("/open311/"):                    # the GeoReport error format
         assert r.status_code == 401 and (b"<error><code>401</code>" in r.data if ".xml" in url else
@@ -182,7 +188,17 @@ def url_for(kind, w) -> str:
             "patrol_coverage": "/api/patrol/coverage?level=grid", "patrol_uncovered": "/api/patrol/uncovered?distance=20",
             "patrol_compliance": "/api/patrol/compliance?by=point", "patrol_overdue": "/api/patrol/overdue",
             "patrol_stats": "/api/patrol/stats?level=grid",
-            "planner_page": "/planner", "export": "/api/export/place"}[kind]
+            "planner_page": "/planner", "export": "/api/export/place", "tile": _tile_url(w),
+            "tilejson": "/tiles/grids.json", "tileindex": "/tiles/index.json",
+            "area_summary": f"/api/areas/{w['grid']}/summary", "kpi": f"/api/kpi?area={w['grid']}",
+            "search": f"/api/search?q={w['grid']}"}[kind]
+
+
+def _tile_url(w) -> str:
+    from gisgrid.layers.tiles import Tile
+
+    t = Tile.at(16, w["lon"], w["lat"])
+    return f"/tiles/grids/{t.z}/{t.x}/{t.y}.pbf"
 
 
 @pytest.mark.parametrize("kind", sorted(set(MATRIX.values()) - {"public", "me", "post", "plan", "planner_page", "export"}))
@@ -191,8 +207,11 @@ def test_insider_sees_it_outsider_does_not(app, world, kind):
     url = url_for(kind, world)
     ri, ro = inside.get(url), outside.get(url)
     # the field page is a shell: its data come from the scoped API calls tested here too
+    # so is the one map: its data come as tiles (binary, decoded in test_tiles.py) and from the
+    # summary/KPI/search API; the index and KPI hold no codes. The outsider check below holds for all.
     mark = {"areas": world["community"], "photo": None, "o311_services": None, "o311_service": None,
-            "field": None, "patrol_schedules": "PPWORLD", "patrol_compliance": "PPWORLD"}.get(
+            "field": None, "patrol_schedules": "PPWORLD", "patrol_compliance": "PPWORLD", "page": None, "tilejson": None,
+            "tileindex": None, "kpi": None}.get(
         kind, world["grid"])
     assert ri.status_code == 200 and (mark is None or mark.encode() in ri.data)
     assert ro.status_code in (200, 403, 404)
@@ -201,6 +220,14 @@ def test_insider_sees_it_outsider_does_not(app, world, kind):
         assert ro.status_code == 404
     if kind.startswith("patrol_") and kind != "patrol_point":
         assert b"PPWORLD" not in ro.data
+    if kind in ("area_summary", "kpi"):
+        assert ro.status_code == 404
+    if kind == "tile":          # the outsider's tile of the insider's grid holds no feature at all
+        import mapbox_vector_tile
+
+        assert ro.status_code == 200 and mapbox_vector_tile.decode(ro.data) == {}
+    if kind == "search":
+        assert ro.json == []
 
 
 def test_plans_only_for_planners_of_the_scope(app, world):

@@ -76,24 +76,31 @@ def test_one_map_draws_grids_offline(server, demo_passwords):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
-        outside, errors, csp = [], [], []
+        outside, errors, csp, tiles = [], [], [], []
         page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(server)
                    else (outside.append(r.request.url), r.abort()))
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: csp.append(m.text) if "Content Security Policy" in m.text else None)
+        page.on("request", lambda r: tiles.append(r.url) if "/tiles/" in r.url else None)
         page.goto(server, wait_until="networkidle")
         assert "/login" in page.url                       # not logged in: sent to the login page
         page.fill("input[name=username]", "admin")
         page.fill("input[name=password]", demo_passwords["admin"])
         page.click("button[type=submit]")
         page.wait_for_load_state("networkidle")
-        paths = page.locator("path.leaflet-interactive").count()
+        expect(page.locator("path.gg-grid").first).to_be_attached(timeout=15000)
+        page.wait_for_load_state("networkidle")
+        grids = page.locator("path.gg-grid").count()
+        incidents = page.locator("path.gg-incident-bin, path.gg-incident").count()
         title = page.locator("#gg-title h1").inner_text()
+        expect(page.locator("#gg-kpi-open")).not_to_have_text("–")
         shot = ARTIFACTS / "one_map.png"
         page.screenshot(path=str(shot))
         browser.close()
     assert outside == [] and errors == [] and csp == []
-    assert paths >= 150 + 10          # every grid and every community outline drawn
+    assert grids >= 150               # every grid drawn (a grid cut by a tile edge is drawn in each tile)
+    assert incidents > 0              # bins when zoomed out, points from zoom 14
+    assert not any(".geojson" in u or "/api/grids" in u for u in tiles)
     assert "江汉区" in title
     assert shot.stat().st_size > 50_000   # a drawn map, not a blank page
 
@@ -221,3 +228,108 @@ def test_field_patrol_checkin_offline_then_online_and_a_rejected_one(server, dem
     assert [r[0] for r in rows] == [True, False], rows
     assert abs(rows[0][1] - 12) < 0.5 and rows[0][2] == 38 and abs(rows[1][1] - 200) < 0.5
     assert {r[3] for r in rows} == {"gridworker"}
+
+
+def _post_incident(server, demo_url, lon, lat, category="noise") -> str:
+    import json
+    import urllib.request
+    import uuid
+
+    from gisgrid.db.engine import make_engine, make_sessionmaker
+    from gisgrid.layers import users
+
+    eng = make_engine(demo_url)
+    with make_sessionmaker(eng)() as s:
+        token, _ = users.create_token(s, users.get(s, "admin"), "browser-live", ["read", "report"], 1)
+        s.commit()
+    eng.dispose()
+    req = urllib.request.Request(server + "api/incidents", method="POST",
+                                 data=json.dumps({"category": category, "lon": lon, "lat": lat,
+                                                  "description": "实时上图测试"}).encode(),
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                                          "Idempotency-Key": str(uuid.uuid4())})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 201
+        return json.loads(r.read())["code"]
+
+
+def test_one_map_layers_panel_filter_search_and_live_incident(server, demo_url, demo_passwords):
+    """Switch layers, click a grid and read its panel, filter by category, see an incident
+    posted through the API appear without reload, find it by number."""
+    import json
+
+    import psycopg
+    from shapely.geometry import shape
+
+    pg = demo_url.replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(pg) as c:
+        gid, code, name, gj = c.execute("SELECT id, code, name, ST_AsGeoJSON(geom) FROM grid WHERE valid_to IS NULL "
+                                        "ORDER BY code LIMIT 1").fetchone()
+        households = c.execute("SELECT sum(households) FROM building JOIN building_link USING (id) WHERE grid_id = %s", (gid,)).fetchone()[0]
+        head = c.execute("SELECT s.name, s.phone FROM staff s JOIN grid_assignment a ON a.staff_id = s.id "
+                         "WHERE a.grid_id = %s AND a.role = 'head' AND a.valid_to IS NULL", (gid,)).fetchone()
+    here = shape(json.loads(gj)).representative_point()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800}, locale="zh-CN")
+        errors, tile_urls = [], []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: tile_urls.append(r.url) if "/tiles/incidents/" in r.url else None)
+        login(page, server, "admin", demo_passwords["admin"])
+        expect(page.locator("path.gg-grid").first).to_be_attached(timeout=15000)
+        layers = page.locator(".leaflet-control-layers-overlays")
+
+        # layer switcher: buildings on, incidents off
+        assert page.locator("path.gg-building").count() == 0
+        layers.get_by_text("楼栋").click()
+        expect(page.locator("path.gg-building").first).to_be_attached(timeout=15000)
+        layers.get_by_text("事件").click()
+        expect(page.locator("path.gg-incident")).to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "one_map_buildings.png"))
+
+        # click the grid at the centre of the map: its panel
+        page.evaluate("([lat, lon]) => gisgrid.map.setView([lat, lon], 16, {animate: false})", [here.y, here.x])
+        page.wait_for_load_state("networkidle")
+        layers.get_by_text("楼栋").click()          # buildings off again, so the click lands on the grid
+        page.mouse.click(640, 400)
+        expect(page.locator("#gg-panel-title")).to_have_text(name, timeout=10000)
+        panel = page.locator("#gg-panel")
+        expect(panel).to_contain_text(code)
+        expect(page.locator("#gg-team")).to_contain_text("网格长")
+        expect(page.locator("#gg-team")).to_contain_text(head[0])
+        expect(page.locator("#gg-team")).to_contain_text(head[1])
+        expect(page.locator("#gg-panel-figures")).to_contain_text(str(households))
+        expect(page.locator("#gg-kpi-scope")).to_have_text("已选区域")
+        page.screenshot(path=str(ARTIFACTS / "one_map_panel.png"))
+
+        # filter by category: tiles asked with it, points and panel hold only that category
+        layers.get_by_text("事件").click()
+        expect(page.locator("path.gg-incident").first).to_be_attached(timeout=15000)
+        page.select_option("#gg-category", "sanitation")
+        expect(page.locator("#gg-by_category li")).to_have_count(1, timeout=10000)
+        expect(page.locator("#gg-by_category")).to_contain_text("环境卫生")
+        page.wait_for_load_state("networkidle")
+        assert any("category=sanitation" in u for u in tile_urls)
+        assert page.locator("path.gg-incident.gg-cat-sanitation").count() > 0
+        assert page.locator("path.gg-incident:not(.gg-cat-sanitation)").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "one_map_filtered.png"))
+        page.select_option("#gg-category", "")
+
+        # live: an incident reported through the API appears without reload
+        new_code = _post_incident(server, demo_url, here.x, here.y)
+        expect(page.locator("#gg-latest-list")).to_contain_text(new_code, timeout=10000)
+        expect(page.locator(f"path.gg-inc-{new_code}")).to_be_attached(timeout=10000)
+        page.screenshot(path=str(ARTIFACTS / "one_map_live.png"))
+
+        # search by incident number
+        page.evaluate("() => gisgrid.map.setZoom(13, {animate: false})")
+        page.fill("#gg-search", new_code)
+        page.click("#gg-search-form button")
+        page.locator(f"#gg-search-results a[data-code='{new_code}']").click()
+        expect(page.locator(f"path.gg-inc-{new_code}")).to_be_attached(timeout=10000)
+        zoom = page.evaluate("() => gisgrid.map.getZoom()")
+        page.screenshot(path=str(ARTIFACTS / "one_map_search.png"))
+        browser.close()
+    assert errors == []
+    assert zoom >= 17

@@ -28,7 +28,8 @@ OPERATIONS = ["GET /api/me", "GET /api/locate", "GET /api/grids", "GET /api/admi
               "GET /api/plans", "POST /api/plans",
               "GET /api/plans/{plan_id}", "GET /api/plans/{plan_id}/check", "POST /api/plans/{plan_id}/edits",
               "POST /api/plans/{plan_id}/undo", "POST /api/plans/{plan_id}/propose", "GET /api/plans/{plan_id}/diff",
-              "POST /api/plans/{plan_id}/actions/{action}"]
+              "POST /api/plans/{plan_id}/actions/{action}",
+              "GET /api/areas/{code}/summary", "GET /api/kpi", "GET /api/search"]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,6 @@
 Importing this package registers every table on ``gisgrid.db.base.Base.metadata``.
 """
 from gisgrid.layers import (  # noqa: F401  (registration)
-    admin_areas, audit, buildings, grids, incidents, linking, patrol, patrol_coverage, photos, places, plans,
-    rate_limits, residents, roads, staff, users,
+    admin_areas, audit, buildings, changes, grids, incidents, linking, patrol, patrol_coverage, photos, places,
+    plans, rate_limits, residents, roads, staff, users,
 )

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import (Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, func)
+from sqlalchemy import (Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, func, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -107,6 +107,9 @@ class IncidentCategory(Base):
 
 class IncidentEvent(Base):
     __tablename__ = "incident_event"
+    # the few rejections, so "resolved" (RESOLVED_SQL) probes a small index, not every event
+    __table_args__ = (Index("ix_incident_event_rejected", "incident_id",
+                            postgresql_where=text("note LIKE '[reject]%'")),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     incident_id: Mapped[int] = mapped_column(Integer, ForeignKey("incident.id", ondelete="CASCADE"), index=True)
@@ -115,19 +118,6 @@ class IncidentEvent(Base):
     from_state: Mapped[str | None] = mapped_column(String(20))
     to_state: Mapped[str] = mapped_column(String(20))
     note: Mapped[str | None] = mapped_column(Text)
-
-
-def points(session, *, open_only: bool = False, limit: int = 50_000, scope: tuple[str, dict] = ("TRUE", {})) -> list[dict]:
-    """Incident points (lon, lat, state, category, code), newest first; ``scope`` from
-    :func:`gisgrid.authz.scope_sql` on the link ``l``."""
-    from sqlalchemy import text
-
-    where = "i.state = ANY(:open)" if open_only else "TRUE"
-    rows = session.execute(text(
-        "SELECT i.code, i.state, i.category, ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat, l.grid_code "
-        f"FROM incident i {LINK} WHERE {where} AND {scope[0]} ORDER BY i.reported_at DESC LIMIT :limit"),
-        {"open": list(OPEN_STATES), "limit": limit, **scope[1]}).mappings()
-    return [dict(r) for r in rows]
 
 
 # -- reporting --------------------------------------------------------------------------------
@@ -406,6 +396,9 @@ def search(session, scope: tuple[str, dict], *, state=None, category=None, grid=
 
 
 # -- statistics -------------------------------------------------------------------------------
+#: resolved (化解): closed, neither rejected nor merged into another as a duplicate (alias ``i``)
+RESOLVED_SQL = ("(i.state = 'closed' AND i.merged_into_id IS NULL AND NOT EXISTS ("
+                "SELECT 1 FROM incident_event e WHERE e.incident_id = i.id AND e.note LIKE '[reject]%'))")
 STAT_LEVELS = {"grid": "grid_code", "community": "community_code", "street": "street_code", "district": "district_code"}
 STAT_COLUMNS = {   # key → (Chinese header, English header)
     "code": ("区域编码", "area code"), "name": ("区域名称", "area name"), "category": ("类别", "category"),
@@ -442,10 +435,7 @@ def statistics(session, scope: tuple[str, dict], *, level: str = "community", si
              else "(SELECT name FROM admin_area WHERE code = s.code)")
     sql = f"""
         WITH base AS (
-            SELECT i.*, l.grid_code, l.community_code, l.street_code, l.district_code,
-                   (i.state = 'closed' AND i.merged_into_id IS NULL AND NOT EXISTS (
-                        SELECT 1 FROM incident_event e WHERE e.incident_id = i.id AND e.note LIKE '[reject]%'))
-                       AS resolved
+            SELECT i.*, l.grid_code, l.community_code, l.street_code, l.district_code, {RESOLVED_SQL} AS resolved
             FROM incident i {LINK} WHERE {' AND '.join(conds)}),
         s AS (
             SELECT i.{col} AS code, {"i.category" if by_category else "NULL::text"} AS category,

@@ -11,7 +11,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
     from gisgrid.db.engine import database_url, make_engine, make_sessionmaker
-    from gisgrid.web import api, assets, auth, errors, incidents, open311, pages, patrol, plans, security, transfer
+    from gisgrid.web import (api, assets, auth, errors, incidents, onemap, open311, pages, patrol, plans, security,
+                             tiles, transfer)
 
     settings = config.load().with_overrides(overrides)
     app = Flask(__name__)
@@ -27,7 +28,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     )
     app.json.ensure_ascii = False
     engine = make_engine(database_url(settings), statement_timeout_ms=30_000)
-    app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine)}
+    app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine),
+                                 "tile_cache": tiles.TileCache(settings.tile_cache_mb * 1024 * 1024)}
     assets.localise_folium()
     errors.register(app)
     app.before_request(transfer.upload_limit)       # before any hook reads the form (NUL check, CSRF)
@@ -43,6 +45,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.register_blueprint(transfer.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(plans.bp)
+    app.register_blueprint(tiles.bp)
+    app.register_blueprint(onemap.bp)
 
     @app.teardown_appcontext
     def _close_session(exc):

@@ -74,6 +74,10 @@ IMPORT_REPORT = {"type": "object", "required": ["layer", "file", "mode", "rows",
                      **{k: {"type": "integer"} for k in ("rows", "valid", "inserted", "updated", "deleted", "skipped")},
                      "written": {"type": "boolean"}, "dry_run": {"type": "boolean"},
                      "problems": {"type": "array", "items": PROBLEM}, "notes": {"type": "array", "items": {"type": "string"}}}}
+FIGURES = {"type": "object", "required": ["new_today", "received", "open", "overdue", "resolved"], "properties": {
+    **{k: {"type": "integer"} for k in ("new_today", "received", "open", "overdue", "resolved")},
+    "resolution_rate": {"type": "number", "nullable": True, "description": "化解率, resolved / received"},
+    "satisfaction_rate": {"type": "number", "nullable": True, "description": "满意率, 4–5 of all evaluations"}}}
 GRID_REF = {"type": "object", "nullable": True, "properties": {
     "id": {"type": "integer"}, "code": {"type": "string"},
     **{k: {"type": "string"} for k in ("community_code", "street_code", "district_code")}}}
@@ -87,7 +91,7 @@ def build(app) -> dict:
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for name, schema in (("Error", ERROR), ("FeatureCollection", FEATURE_COLLECTION), ("Resident", RESIDENT),
                          ("GridRef", GRID_REF), ("Incident", INCIDENT), ("Checkin", CHECKIN),
-                         ("ImportReport", IMPORT_REPORT)):
+                         ("ImportReport", IMPORT_REPORT), ("IncidentFigures", FIGURES)):
         spec.components.schema(name, schema)
     for response, desc in (("BadRequest", "invalid parameter"), ("Unauthenticated", "no or bad credentials"),
                            ("Forbidden", "the role or token may not do this"),
@@ -100,7 +104,7 @@ def build(app) -> dict:
             "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
     with app.test_request_context():
         for endpoint, view in sorted(app.view_functions.items()):
-            if endpoint.split(".")[0] in ("api", "incidents", "patrol", "plans", "transfer") and endpoint != "api.openapi_document" \
+            if endpoint.split(".")[0] in ("api", "incidents", "patrol", "plans", "transfer", "onemap") and endpoint != "api.openapi_document" \
                     and view.__doc__ and "---" in view.__doc__:
                 spec.path(view=view, app=app)
     return spec.to_dict()

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import folium
-import folium.plugins as plugins
+from folium.elements import MacroElement
+from folium.template import Template
 from flask import Blueprint, Response
 
 from gisgrid import authz
@@ -12,22 +13,9 @@ from gisgrid.web.auth import needs, principal, public
 
 bp = Blueprint("pages", __name__)
 
-PAGE_GRID_LIMIT = 5000   # above this the page draws communities only (large layers go as tiles)
 HOUSEHOLD_BINS = [(0, "#f7fbff"), (150, "#c6dbef"), (200, "#6baed6"), (250, "#2171b5"), (300, "#08306b")]
 STATE_COLOURS = {"reported": "#d7301f", "accepted": "#fc8d59", "dispatched": "#fdbb84", "handling": "#e6550d",
                  "feedback": "#31a354", "evaluated": "#2b8cbe", "closed": "#999999"}
-
-
-DOT_MARKER = ("function (row) { return L.marker(new L.LatLng(row[0], row[1]), "
-              "{icon: L.divIcon({className: 'gg-dot', iconSize: [8, 8]})}); }")
-
-
-def household_colour(n: int) -> str:
-    colour = HOUSEHOLD_BINS[0][1]
-    for lower, c in HOUSEHOLD_BINS:
-        if n >= lower:
-            colour = c
-    return colour
 
 
 @bp.get("/healthz")
@@ -86,72 +74,104 @@ def planner():
     return render_template("planner.html", t=i18n.t, lang=i18n.lang(), config=config, nonce=security.nonce())
 
 
+#: how the grids can be coloured: measure → (label key, classes as (lower bound, colour))
+MEASURES = {
+    "households": ("measure_households", HOUSEHOLD_BINS),
+    "open": ("measure_open", [(0, "#ffffcc"), (1, "#fed976"), (3, "#fd8d3c"), (6, "#e31a1c"), (10, "#800026")]),
+    "overdue": ("measure_overdue", [(0, "#f7f7f7"), (1, "#fdae6b"), (2, "#f16913"), (4, "#a63603")]),
+    "resolution_rate": ("measure_resolution_rate", [(0, "#d7191c"), (0.6, "#fdae61"), (0.75, "#a6d96a"),
+                                                    (0.9, "#1a9641")]),
+}
+#: layers drawn when the page opens (the others are one click away in the layer switcher)
+SHOWN = ("admin_areas", "grids", "incidents")
+POLL_MS = 5000
+PAGE_LABELS = ("kpi_new_today", "kpi_open", "kpi_overdue", "kpi_resolution", "kpi_satisfaction", "kpi_view",
+               "kpi_selected", "measure", "since", "until", "all_categories", "all_states", "search_placeholder",
+               "search", "team", "households", "buildings", "residents", "received", "by_state", "by_category",
+               "recent", "no_results", "latest", "close", "resolution_rate", "satisfaction_rate", "open", "overdue",
+               "level_grid", "level_community", "level_street", "level_district", "grids_in_area", "no_team",
+               "bin_hint", "legend_none", "phone", "layers")
+
+
+class OneMap(MacroElement):
+    """The one map's client (``static/onemap.js``): vector tile layers, switcher, panel, KPI,
+    filters, search and live updates, started on the folium map with the page's config."""
+    _template = Template("""
+        {% macro script(this, kwargs) %}
+        gisgrid.oneMap({{ this._parent.get_name() }}, {{ this.config|tojson }});
+        {% endmacro %}""")
+    default_js = [("vectorgrid", "/static/vendor/leaflet.vectorgrid/Leaflet.VectorGrid.bundled.min.js"),
+                  ("onemap", "/static/onemap.js")]
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self._name = "OneMap"
+        self.config = config
+
+    def render(self, **kwargs):
+        figure = self.get_root()
+        for name, url in self.default_js:
+            figure.header.add_child(folium.JavascriptLink(url), name=name)
+        super().render(**kwargs)
+
+
 @bp.get("/")
 @needs("read")
 def one_map():
+    """The one map (一张图): every layer as vector tiles, grids coloured by a chosen measure,
+    incidents binned at low zoom and as points at high zoom, the side panel of a clicked area,
+    the KPI strip of the view, filters, search, live updates. Nothing is sent as GeoJSON: the
+    page carries its configuration only, data come as tiles and aggregated figures."""
+    from gisgrid.layers import tiles as tl
+
     t = i18n.t
     s = db()
     who = principal()
-    scope, grid_scope, area_scope = authz.scope_sql(who, "l"), authz.scope_sql(who, "g", grid_col="code"), \
-        authz.admin_area_sql(who)
     district = admin_areas.district(s)
     cfg = settings()
-    m = folium.Map(location=[30.6, 114.27], zoom_start=14, tiles=None, control_scale=True, prefer_canvas=False)
+    m = folium.Map(location=[30.6, 114.27], zoom_start=12, tiles=None, control_scale=True, prefer_canvas=False)
     m.options["max_zoom"] = 19
     if cfg.basemap_url:
         folium.TileLayer(cfg.basemap_url, attr=cfg.basemap_attribution or "basemap", name="basemap").add_to(m)
     if district is None:
         _bar(m, t("title", district="gisgrid"), t("no_data"))
         return _html(m)
-
-    n_grids = grids.count_current(s, grid_scope)
-    streets = admin_areas.features(s, "street", area_scope)
-    communities = admin_areas.features(s, "community", area_scope)
-    folium.GeoJson({"type": "FeatureCollection", "features": admin_areas.features(s, "district", area_scope)},
-                   name=district.name,
-                   style_function=lambda f: {"color": "#555", "weight": 2, "dashArray": "6 4", "fillOpacity": 0}).add_to(m)
-    grid_feats = grids.summary(s, scope=grid_scope) if n_grids <= PAGE_GRID_LIMIT else []
-    if grid_feats:
-        folium.GeoJson(
-            {"type": "FeatureCollection", "features": grid_feats}, name=t("grids"),
-            style_function=lambda f: {"fillColor": household_colour(f["properties"]["households"]),
-                                      "color": "#3182bd", "weight": 0.8, "fillOpacity": 0.65},
-            highlight_function=lambda f: {"weight": 3, "color": "#e6550d"},
-            tooltip=folium.GeoJsonTooltip(["name", "code", "households", "open_incidents"],
-                                          aliases=[t("grid"), t("code"), t("households"), t("open")]),
-        ).add_to(m)
-    folium.GeoJson({"type": "FeatureCollection", "features": communities}, name=t("communities"),
-                   style_function=lambda f: {"color": "#08306b", "weight": 2.5, "fillOpacity": 0},
-                   tooltip=folium.GeoJsonTooltip(["name", "code"], aliases=[t("community"), t("code")])).add_to(m)
-    folium.GeoJson({"type": "FeatureCollection", "features": streets}, name=t("streets"), show=False,
-                   style_function=lambda f: {"color": "#54278f", "weight": 4, "fillOpacity": 0}).add_to(m)
-
-    open_layer = folium.FeatureGroup(name=t("open_incidents"))
-    open_pts = incidents.points(s, open_only=True, limit=5000, scope=scope)
-    for p in open_pts:
-        folium.CircleMarker([p["lat"], p["lon"]], radius=5, color=STATE_COLOURS[p["state"]], fill=True, fill_opacity=0.9,
-                            weight=1, tooltip=f'{p["code"]} · {incidents.CATEGORIES.get(p["category"], p["category"])} · '
-                                              f'{incidents.STATES[p["state"]]}').add_to(open_layer)
-    open_layer.add_to(m)
-    all_pts = incidents.points(s, limit=20_000, scope=scope)
-    # folium's default callback needs Leaflet.awesome-markers; a plain dot needs nothing.
-    plugins.FastMarkerCluster([[p["lat"], p["lon"]] for p in all_pts], name=t("all_incidents"), show=False,
-                              callback=DOT_MARKER).add_to(m)
-    _patrol_layers(m, s, who, n_grids)
-    folium.LayerControl(collapsed=False).add_to(m)
-
-    bounds = _bounds(grid_feats or communities)
-    if bounds:
-        m.fit_bounds(bounds)
-    households = sum(f["properties"]["households"] for f in grid_feats)
-    note = t("stats", grids=n_grids, households=f"{households:,}", open=len(open_pts))
-    if n_grids > PAGE_GRID_LIMIT:
-        note += " " + t("too_many", n=n_grids)
-    _bar(m, t("title", district=district.name), note, who)
-    _legend(m, t("legend"))
+    ext = tl.extent(s, who)
+    if ext:
+        m.location = [ext[1][1], ext[1][0]]
+    lang = i18n.lang()
+    cats = incidents.categories(s)
+    config = {
+        "lang": lang,
+        "layers": [{"name": name, "label": t(f"layer_{name}"), "geometry": lay.geometry,
+                    "points_from": lay.points_from, "filtered": lay.filtered, "show": name in SHOWN,
+                    "url": f"/tiles/{name}/{{z}}/{{x}}/{{y}}.pbf"} for name, lay in tl.LAYERS.items()],
+        "index": "/tiles/index.json", "kpi": "/api/kpi", "summary": "/api/areas/{code}/summary",
+        "search": "/api/search", "latest": "/api/incidents?limit=5",
+        "measures": {k: {"label": t(key), "classes": classes} for k, (key, classes) in MEASURES.items()},
+        "states": {k: [v if lang == "zh" else k, STATE_COLOURS[k]] for k, v in incidents.STATES.items()},
+        "categories": [[c["code"], c["name"] if lang == "zh" else (c["name_en"] or c["code"])] for c in cats],
+        "roles": {k: v for k, v in staff_roles().items()},
+        "labels": {k: t(k) for k in PAGE_LABELS},
+        "poll_ms": POLL_MS,
+        "bounds": [[ext[0][1], ext[0][0]], [ext[0][3], ext[0][2]]] if ext else None,
+    }
+    _bar(m, t("title", district=district.name), t("one_map_note"), who)
+    m.get_root().html.add_child(folium.Element(_controls_html()))
+    OneMap(config).add_to(m)
+    # patrol coverage and a worker's trail (issue 8) are drawn by folium beside the tile layers
+    _patrol_layers(m, s, who, grids.count_current(s, authz.scope_sql(who, "g", grid_col="code")))
+    folium.LayerControl(collapsed=True, position="bottomright").add_to(m)
     return _html(m)
 
 
+def staff_roles() -> dict[str, str]:
+    from gisgrid.layers.staff import ROLES
+
+    return ROLES
+
+
+PAGE_GRID_LIMIT = 5000   # most grids the patrol overlays draw as GeoJSON (the rest of the map is tiles)
 UNCOVERED_METRES = 300
 
 
@@ -194,14 +214,28 @@ def _patrol_layers(m, s, who, n_grids: int) -> None:
                            marker=folium.CircleMarker(radius=5, fill=True, fill_opacity=1, color="#e6550d")).add_to(m)
 
 
-def _bounds(features):
-    import shapely
-    from shapely.geometry import shape
+def _controls_html() -> str:
+    """The page's fixed parts: KPI strip, filter and search bar, side panel, legend, latest
+    incidents. onemap.js fills them; every label comes from the translation catalogue."""
+    from markupsafe import escape
 
-    if not features:
-        return None
-    x0, y0, x1, y1 = shapely.total_bounds([shape(f["geometry"]) for f in features])
-    return [[y0, x0], [y1, x1]]
+    t = lambda k: escape(i18n.t(k))  # noqa: E731
+    kpis = "".join(f'<div class="gg-kpi-item"><b id="gg-kpi-{k}">–</b><span>{t("kpi_" + k)}</span></div>'
+                   for k in ("new_today", "open", "overdue", "resolution", "satisfaction"))
+    return (
+        f'<div class="gg-kpi" id="gg-kpi"><div class="gg-kpi-scope" id="gg-kpi-scope">{t("kpi_view")}</div>{kpis}</div>'
+        '<div class="gg-tools" id="gg-tools">'
+        f'<label>{t("measure")} <select id="gg-measure"></select></label>'
+        f'<label>{t("since")} <input type="date" id="gg-since"></label>'
+        f'<label>{t("until")} <input type="date" id="gg-until"></label>'
+        f'<select id="gg-category"><option value="">{t("all_categories")}</option></select>'
+        f'<select id="gg-state"><option value="">{t("all_states")}</option></select>'
+        f'<form id="gg-search-form"><input id="gg-search" type="search" placeholder="{t("search_placeholder")}">'
+        f'<button type="submit">{t("search")}</button></form>'
+        '<ul id="gg-search-results" class="gg-results"></ul></div>'
+        '<div class="gg-panel" id="gg-panel" hidden></div>'
+        f'<div class="gg-latest" id="gg-latest"><b>{t("latest")}</b><ul id="gg-latest-list"></ul></div>'
+        '<div class="gg-legend" id="gg-legend"></div>')
 
 
 def _bar(m, title: str, note: str, who=None) -> None:
@@ -217,13 +251,6 @@ def _bar(m, title: str, note: str, who=None) -> None:
                    f'value="{generate_csrf()}"><button class="gg-link">{escape(i18n.t("logout"))}</button></form></p>')
     m.get_root().html.add_child(folium.Element(
         f'<div class="gg-bar" id="gg-title"><h1>{escape(title)}</h1><p>{escape(note)}</p>{account}</div>'))
-
-
-def _legend(m, title: str) -> None:
-    from markupsafe import escape
-
-    rows = "".join(f'<div><i style="background:{c}"></i>{lo}+</div>' for lo, c in HOUSEHOLD_BINS)
-    m.get_root().html.add_child(folium.Element(f'<div class="gg-legend"><b>{escape(title)}</b>{rows}</div>'))
 
 
 def _html(m) -> Response:

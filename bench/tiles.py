@@ -1,0 +1,288 @@
+"""Vector tiles over the city: served latency vs the bare SQL, cache, sizes, the naive raw-point
+tile, throughput at 16 clients.
+
+    GISGRID_HOME=/tmp/gg-bench GISGRID_PG_FAST=1 .venv/bin/python bench/tiles.py [--scale city|demo]
+        [--repeat 7] [--clients 16] [--seconds 20]
+
+Loads the dataset if missing (bench/link.py's loader), starts two ``gisgrid serve`` (waitress)
+on loopback ports, one with the tile cache off (``GISGRID_TILE_CACHE_MB=0``: every request draws
+the tile) and one with it on, and asks them with an admin API token (the whole city in scope).
+For every layer at zooms 10, 12, 14 and 16, at the tile holding the centre of the city:
+
+* floor: the very statement the server runs for that tile (``tiles.tile_sql``), executed by a
+  bare psycopg connection as a prepared statement over the same Unix socket, with JIT off as
+  the server runs it;
+* served, uncached: ``GET /tiles/<layer>/<z>/<x>/<y>.pbf`` (auth, version query, the statement,
+  gzip, HTTP), interleaved with the floor, p50 of ``--repeat``;
+* served, cached: the second server after one warm-up request; and a 304 revalidation;
+* size of the tile (raw and gzipped); served and floor bytes must be the same size.
+
+Beside it, the naive tile of generic tile servers: every incident as a point,
+``ST_AsMVT`` over ``ST_AsMVTGeom`` of the raw rows, at zoom 12. Then throughput: ``--clients``
+threads for ``--seconds`` each asking random tiles (every layer, zooms 10–16, around the centre)
+of each server. Prints the issue's goals as met or NOT met; never asserts.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import link  # noqa: E402  (the dataset loader shared by the benches)
+
+ZOOMS = (10, 12, 14, 16)
+LIMIT_BYTES = 500 * 1024
+NAIVE = ("SELECT ST_AsMVT(t, 'incidents', 4096, 'geom') FROM (SELECT i.id, i.code, i.state, i.category, "
+         "ST_AsMVTGeom(ST_Transform(i.geom, 3857), ST_TileEnvelope(%(z)s, %(x)s, %(y)s), 4096, 64, true) AS geom "
+         "FROM incident i WHERE i.geom && ST_Transform(ST_TileEnvelope(%(z)s, %(x)s, %(y)s), 4326)) t")
+log = link.log
+
+
+def p50(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def psycopg_sql(sql: str) -> str:
+    """SQLAlchemy's ``:name`` binds as psycopg's ``%(name)s`` (``::type`` casts untouched)."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql.replace("%", "%%"))
+
+
+def start_server(cache_mb: int, logpath: Path):
+    import socket
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, GISGRID_PORT=str(port), GISGRID_HOST="127.0.0.1", GISGRID_TILE_CACHE_MB=str(cache_mb))
+    exe = Path(sys.executable).parent / "gisgrid"
+    fh = open(logpath, "w")
+    proc = subprocess.Popen([str(exe), "serve"], env=env, stdout=fh, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            sys.exit(f"gisgrid serve exited ({proc.returncode}); see {logpath}")
+        try:
+            if requests.get(base + "/healthz", timeout=2).status_code == 200:
+                return proc, base
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            sys.exit(f"gisgrid serve did not answer; see {logpath}")
+        time.sleep(0.2)
+
+
+def bench_token(Session) -> str:
+    from gisgrid.layers import users
+
+    with Session.begin() as s:
+        try:
+            u = users.get(s, "bench-tiles")
+        except Exception:
+            u = users.add(s, "bench-tiles", "admin", [], "bench-tiles-" + os.urandom(8).hex())
+        plain, _ = users.create_token(s, u, "bench-tiles", ["read"], 1)
+    return plain
+
+
+def timed_get(session, url, headers=None):
+    t0 = time.perf_counter()
+    r = session.get(url, headers=headers or {})
+    dt = time.perf_counter() - t0
+    if r.status_code not in (200, 304):
+        raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
+    return dt, r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", default="city", choices=("city", "district", "demo"))
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=20)
+    args = ap.parse_args()
+
+    engine, Session, dsn = link.connect(args.scale)
+    link.ensure_dataset(engine, Session, args.scale, force=False)
+    import psycopg
+    import requests
+    from sqlalchemy import text
+
+    from gisgrid import authz
+    from gisgrid.layers import tiles
+
+    with Session() as s:
+        w, so, e, n = s.execute(text("SELECT ST_XMin(x), ST_YMin(x), ST_XMax(x), ST_YMax(x) FROM "
+                                     "(SELECT ST_Extent(geom)::geometry AS x FROM grid WHERE valid_to IS NULL) q")).one()
+        counts = s.execute(text("SELECT (SELECT count(*) FROM grid), (SELECT count(*) FROM incident), "
+                                "(SELECT count(*) FROM building)")).one()
+    cx, cy = (w + e) / 2, (so + n) / 2
+    log(f"dataset {args.scale}: {counts[0]:,} grids, {counts[1]:,} incidents, {counts[2]:,} buildings; "
+        f"extent {w:.3f},{so:.3f} – {e:.3f},{n:.3f}; centre {cx:.4f}, {cy:.4f}")
+    token = bench_token(Session)
+    admin = authz.Principal("bench-tiles", "admin")
+    home = Path(os.environ["GISGRID_HOME"])
+    uncached_proc, uncached = start_server(0, home / "serve-tiles-uncached.log")
+    cached_proc, cached = start_server(256, home / "serve-tiles-cached.log")
+    auth = {"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"}
+    http = requests.Session()
+    http.headers.update(auth)
+    rows = []
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("ANALYZE")
+            conn.execute("SET jit = off")      # as the server runs tile statements (tiles.render)
+            log(f"\n{'layer':<14}{'z':>3} {'floor p50':>10} {'served':>9} {'ratio':>6} {'cached':>8} {'floor/c':>8} "
+                f"{'304':>7} {'raw KB':>8} {'gzip KB':>8} {'features':>9}")
+            for name in tiles.LAYERS:
+                for z in ZOOMS:
+                    t = tiles.Tile.at(z, cx, cy)
+                    sql, params = tiles.tile_sql(name, t, admin)
+                    q = psycopg_sql(sql)
+                    url = f"/tiles/{name}/{t.z}/{t.x}/{t.y}.pbf"
+                    floor, served = [], []
+                    raw = conn.execute(q, params, prepare=True).fetchone()[0] or b""   # warm both paths
+                    timed_get(http, uncached + url)
+                    for _ in range(args.repeat):
+                        t0 = time.perf_counter()
+                        raw = conn.execute(q, params, prepare=True).fetchone()[0] or b""
+                        floor.append(time.perf_counter() - t0)
+                        dt, r = timed_get(http, uncached + url)
+                        served.append(dt)
+                    body = r.content          # requests undoes the gzip; Content-Length is what was sent
+                    if len(body) != len(raw):
+                        log(f"  !! {name} z{z}: served {len(body)} bytes, floor {len(raw)} bytes")
+                    timed_get(http, cached + url)
+                    hits = [timed_get(http, cached + url)[0] for _ in range(max(args.repeat, 20))]
+                    etag = r.headers["ETag"]
+                    revalidate = [timed_get(http, cached + url, {"If-None-Match": etag})[0] for _ in range(10)]
+                    nfeat = _features(bytes(raw), name)
+                    row = dict(layer=name, z=z, floor=p50(floor), served=p50(served), cached=p50(hits),
+                               r304=p50(revalidate), raw=len(raw), gz=int(r.headers["Content-Length"]), features=nfeat)
+                    rows.append(row)
+                    log(f"{name:<14}{z:>3} {row['floor'] * 1e3:>8.1f}ms {row['served'] * 1e3:>7.1f}ms "
+                        f"{row['served'] / row['floor']:>6.2f} {row['cached'] * 1e3:>6.2f}ms "
+                        f"{row['floor'] / row['cached']:>8.1f} {row['r304'] * 1e3:>5.2f}ms {row['raw'] / 1024:>8.1f} "
+                        f"{row['gz'] / 1024:>8.1f} {nfeat:>9}")
+            # the naive raw-point tile at zoom 12, beside ours
+            t = tiles.Tile.at(12, cx, cy)
+            p = {"z": t.z, "x": t.x, "y": t.y}
+            naive_t, naive_b = [], b""
+            for _ in range(max(3, args.repeat // 2)):
+                t0 = time.perf_counter()
+                naive_b = conn.execute(NAIVE, p, prepare=True).fetchone()[0] or b""
+                naive_t.append(time.perf_counter() - t0)
+        ours = next(r for r in rows if r["layer"] == "incidents" and r["z"] == 12)
+        naive = dict(time=p50(naive_t), raw=len(naive_b), gz=len(gzip.compress(bytes(naive_b), 4)),
+                     features=_features(bytes(naive_b), "incidents"))
+        log(f"\nnaive raw-point incident tile z12 {t.z}/{t.x}/{t.y}: {naive['features']:,} points, "
+            f"{naive['raw'] / 1024:,.0f} KB ({naive['gz'] / 1024:,.0f} KB gzipped), {naive['time'] * 1e3:.0f} ms (SQL "
+            f"alone); gisgrid: {ours['features']:,} bins, {ours['raw'] / 1024:.1f} KB ({ours['gz'] / 1024:.1f} KB gzipped), "
+            f"{ours['served'] * 1e3:.1f} ms served uncached, {ours['cached'] * 1e3:.2f} ms cached")
+        log(f"  smaller ×{naive['raw'] / max(ours['raw'], 1):.0f} (raw), faster ×{naive['time'] / ours['served']:.1f} "
+            f"(uncached) / ×{naive['time'] / ours['cached']:.0f} (cached)")
+        tput = {label: throughput(base, auth, cx, cy, args.clients, args.seconds)
+                for label, base in (("uncached", uncached), ("cached", cached))}
+    finally:
+        for proc in (uncached_proc, cached_proc):
+            proc.terminate()
+            proc.wait(timeout=10)
+    report(rows, naive, ours, tput, args)
+
+
+def _features(data: bytes, name: str) -> int:
+    if not data:
+        return 0
+    import mapbox_vector_tile
+
+    return len(mapbox_vector_tile.decode(data).get(name, {}).get("features", []))
+
+
+def throughput(base, headers, cx, cy, clients, seconds) -> dict:
+    import requests
+
+    from gisgrid.layers import tiles
+
+    urls = []
+    for name in tiles.LAYERS:
+        for z in ZOOMS:
+            c = tiles.Tile.at(z, cx, cy)
+            urls += [f"{base}/tiles/{name}/{z}/{c.x + dx}/{c.y + dy}.pbf" for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
+    done, errors, lat = [0], [0], []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def client(i):
+        rng = random.Random(i)
+        s = requests.Session()
+        s.headers.update(headers)
+        mine = []
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            try:
+                ok = s.get(rng.choice(urls), timeout=60).status_code == 200
+            except requests.RequestException:
+                ok = False
+            mine.append(time.perf_counter() - t0)
+            with lock:
+                done[0] += ok
+                errors[0] += not ok
+        with lock:
+            lat.extend(mine)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t0
+    lat.sort()
+    return {"rps": done[0] / elapsed, "errors": errors[0], "p50": p50(lat),
+            "p95": lat[int(0.95 * (len(lat) - 1))] if lat else float("nan"), "n": done[0], "distinct": len(urls)}
+
+
+def report(rows, naive, ours, tput, args) -> None:
+    ratios = [r["served"] / r["floor"] for r in rows]
+    heavy = [r for r in rows if r["floor"] >= 0.010]
+    log(f"\nthroughput, {args.clients} clients × {args.seconds:.0f} s, random tiles of every layer at zooms "
+        f"{', '.join(map(str, ZOOMS))} (the centre tile and its 8 neighbours: {tput['cached']['distinct']} URLs):")
+    for label, t in tput.items():
+        log(f"  {label:<9} {t['rps']:8.1f} tiles/s   p50 {t['p50'] * 1e3:7.1f} ms   p95 {t['p95'] * 1e3:7.1f} ms   "
+            f"errors {t['errors']}")
+    biggest = max(rows, key=lambda r: r["raw"])
+    served_p50 = p50(ratios)
+    log("\ngoals (from the issue):")
+    goal("served p50 within 1.3× of the bare SQL, uncached (median ratio over every layer × zoom)",
+         served_p50 <= 1.3, f"median ratio {served_p50:.2f}; worst {max(ratios):.2f}; over tiles whose SQL takes "
+                            f"≥10 ms: median {p50([r['served'] / r['floor'] for r in heavy]):.2f}")
+    c_ratio = [r["floor"] / r["cached"] for r in rows]
+    goal("cached tiles at least 10× faster than the floor", min(c_ratio) >= 10,
+         f"median ×{p50(c_ratio):.1f}, worst ×{min(c_ratio):.1f} (tiles whose SQL takes ≥10 ms: worst "
+         f"×{min([r['floor'] / r['cached'] for r in heavy] or [float('nan')]):.1f})")
+    goal("incident tile z12 at least 10× smaller than the naive raw-point tile", naive["raw"] >= 10 * ours["raw"],
+         f"×{naive['raw'] / max(ours['raw'], 1):.0f}")
+    goal("incident tile z12 at least 10× faster than the naive raw-point tile (served, uncached)",
+         naive["time"] >= 10 * ours["served"], f"×{naive['time'] / ours['served']:.1f}")
+    goal("no tile above 500 KB", biggest["raw"] <= LIMIT_BYTES,
+         f"largest {biggest['layer']} z{biggest['z']}: {biggest['raw'] / 1024:.0f} KB raw, "
+         f"{biggest['gz'] / 1024:.0f} KB gzipped")
+
+
+def goal(what, ok, detail) -> None:
+    log(f"  [{'met' if ok else 'NOT met'}] {what}: {detail}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Vector tiles over HTTP: ``/tiles/<layer>/<z>/<x>/<y>.pbf``, a TileJSON per layer and an index.
+
+The view validates, asks :mod:`gisgrid.layers.tiles` for the one statement, returns bytes. Every
+request is authorised (``read``) and the jurisdiction is part of the statement, of the cache key
+and of the ETag (tiles are ``Cache-Control: private``).
+
+Caching: the ETag is derived from the layer's data version (:mod:`gisgrid.layers.changes`), the
+filters and the jurisdiction, so a browser revalidates with ``If-None-Match`` and gets a 304
+until the data change. A request carrying ``v=<version>`` equal to the current version may be
+kept by the browser (``max-age``): the page asks with the version it polled, and a change of
+data gives a new URL. Tiles are kept gzipped in an in-process LRU keyed by the same version.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import threading
+from collections import OrderedDict
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from gisgrid.errors import InvalidInput
+from gisgrid.layers import incidents
+from gisgrid.layers import tiles as tl
+from gisgrid.web import db, i18n
+from gisgrid.web.auth import needs, principal
+
+bp = Blueprint("tiles", __name__, url_prefix="/tiles")
+
+MVT = "application/vnd.mapbox-vector-tile"
+GZIP_LEVEL = 4
+FRESH_SECONDS = 86_400      # a tile asked for with the current ?v= may be kept this long
+
+
+class TileCache:
+    """Gzipped tiles by (layer, z, x, y, filters, jurisdiction, version), least recently used
+    out first once over ``max_bytes``. Thread-safe (waitress serves with threads)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.size = max_bytes, 0
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = data
+            self.size += len(data)
+            while self.size > self.max_bytes and self._items:
+                _, old = self._items.popitem(last=False)
+                self.size -= len(old)
+
+
+def _cache() -> TileCache:
+    from flask import current_app
+
+    return current_app.extensions["gisgrid"]["tile_cache"]
+
+
+def _scope_key(p) -> str:
+    return "*" if p.everywhere else ",".join(sorted(p.jurisdiction))
+
+
+def _filters(lay: tl.Layer) -> tl.Filters:
+    allowed = set(lay.params) | {"v"}
+    unknown = sorted(set(request.args) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown query parameter {unknown[0]!r} for layer {lay.name!r}; allowed: "
+                           f"{', '.join(sorted(allowed))}", field=unknown[0])
+    if not lay.filtered:
+        return tl.Filters()
+    known = (c["code"] for c in incidents.categories(db())) if request.args.get("category") else ()
+    return tl.parse_filters(request.args, known)
+
+
+def _short(version: str) -> str:
+    return hashlib.sha1(version.encode()).hexdigest()[:16]
+
+
+def _etag(name: str, version: str, filters: tl.Filters, scope: str, tile: tl.Tile) -> str:
+    return hashlib.sha1(f"{name}|{tile.z}/{tile.x}/{tile.y}|{version}|{filters.key()}|{scope}".encode()).hexdigest()[:24]
+
+
+@bp.get("/<name>/<int:z>/<int:x>/<int:y>.pbf")
+@needs("read")
+def tile(name, z, x, y):
+    """One Mapbox Vector Tile of layer ``name`` for the caller's jurisdiction."""
+    lay = tl.layer(name)
+    t = tl.parse_tile(z, x, y)
+    filters = _filters(lay)
+    p, s = principal(), db()
+    scope = _scope_key(p)
+    cache = _cache()
+    packed = None
+    # the version first, when it can spare the drawing: a revalidation or a cache lookup
+    if request.if_none_match or cache.max_bytes:
+        version = tl.version(s, name)
+        etag = _etag(name, version, filters, scope, t)
+        if etag in request.if_none_match:
+            return _headers(Response(status=304), etag, version)
+        packed = cache.get((name, t, filters.key(), scope, version))
+    if packed is None:
+        data, version = tl.render(s, name, t, p, filters)     # the bytes and their version, one snapshot
+        packed = gzip.compress(data, GZIP_LEVEL, mtime=0)
+        cache.put((name, t, filters.key(), scope, version), packed)
+        etag = _etag(name, version, filters, scope, t)
+    if "gzip" in request.accept_encodings:
+        resp = Response(packed, mimetype=MVT)
+        resp.headers["Content-Encoding"] = "gzip"
+    else:
+        resp = Response(gzip.decompress(packed), mimetype=MVT)
+    return _headers(resp, etag, version)
+
+
+def _headers(resp: Response, etag: str, version: str) -> Response:
+    resp.set_etag(etag)
+    resp.headers["Vary"] = "Accept-Encoding, Cookie, Authorization"
+    resp.headers["X-Data-Version"] = _short(version)
+    if request.args.get("v") == _short(version):
+        resp.headers["Cache-Control"] = f"private, max-age={FRESH_SECONDS}"
+    else:
+        resp.headers["Cache-Control"] = "private, no-cache"
+    return resp
+
+
+@bp.get("/<name>.json")
+@needs("read")
+def tilejson(name):
+    """TileJSON 3.0.0 of one layer: tile URL, zooms, fields, bounds of the caller's data and its
+    current data version (``gisgrid.data_version``; pass it as ``?v=`` to tiles)."""
+    tl.layer(name)
+    s, p = db(), principal()
+    url = url_for("tiles.tile", name=name, z=0, x=0, y=0, _external=True).replace("/0/0/0.pbf", "/{z}/{x}/{y}.pbf")
+    ext = tl.extent(s, p)
+    resp = jsonify(tl.tilejson(name, url, _short(tl.version(s, name)), ext[0] if ext else None,
+                               ext[1] if ext else None, i18n.t(f"layer_{name}")))
+    resp.headers["Cache-Control"] = "private, no-cache"
+    return resp
+
+
+@bp.get("/index.json")
+@needs("read")
+def index():
+    """Every layer's TileJSON URL and data version: what the one map polls for live updates."""
+    s = db()
+    out = {name: {"tilejson": url_for("tiles.tilejson", name=name), "data_version": _short(tl.version(s, name))}
+           for name in tl.LAYERS}
+    resp = jsonify(out)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
