@@ -178,7 +178,7 @@ def test_field_patrol_checkin_offline_then_online_and_a_rejected_one(server, dem
 
     import psycopg
     import pyproj
-    from shapely.geometry import Point, shape
+    from shapely.geometry import shape
     from sqlalchemy.orm import Session
 
     from gisgrid.db.engine import make_engine

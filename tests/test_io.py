@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
-from shapely.geometry import LineString, MultiLineString, Point, box
+from shapely.geometry import MultiLineString, Point, box
 from sqlalchemy import text
 
 from gisgrid import authz
@@ -24,7 +24,7 @@ from gisgrid.io import exporter, formats, importer
 from gisgrid.layers import writes
 from gisgrid.spatial import crs as crs_mod
 
-from conftest import COMMUNITY, DISTRICT, STREET
+from conftest import COMMUNITY, DISTRICT
 
 ADMIN = authz.Principal("test-admin", "admin")
 ID1, ID2 = "420103197507270005", "420103198801011236"

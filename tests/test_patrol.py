@@ -31,7 +31,7 @@ from gisgrid.errors import Conflict, InvalidInput, NotFound
 from gisgrid.layers import patrol, patrol_coverage, writes
 from gisgrid.spatial import network
 
-from conftest import COMMUNITY, G1, G2
+from conftest import COMMUNITY, G1
 
 GK = "EPSG:4547"
 TO_GK = pyproj.Transformer.from_crs("EPSG:4326", GK, always_xy=True)

@@ -17,7 +17,7 @@ from gisgrid import authz
 from gisgrid.errors import Conflict, IllegalTransition, InvalidGeometry, InvalidInput, NotFound
 from gisgrid.layers import plans, writes
 
-from conftest import COMMUNITY, G1, G2, STREET
+from conftest import COMMUNITY, STREET
 
 ADMIN = authz.Principal("planner-test", "admin")
 G1C, G2C = COMMUNITY + "001", COMMUNITY + "002"
