@@ -150,7 +150,7 @@ def planner(i, base, token, scope, stop_at, log, t_begin):
         if outcome != "ok":
             time.sleep(0.5)
             continue
-        cells = r.json()["cells"]["features"]
+        cells = r.json()["cells"]          # GeoJSON features with code and version
         cell = cells[(n + i) % len(cells)]
         geom = shape(cell["geometry"])
         minx, miny, maxx, maxy = geom.bounds
