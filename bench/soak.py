@@ -41,6 +41,8 @@ import incidents as inc  # noqa: E402  (bench/incidents.py: environment, tokens,
 HOME = "/tmp/gg-soak"
 PREFIX = "soak"
 ANSWER_WITHIN_S = 120
+#: a plan edit re-runs every check of the plan: planners wait longer than field clients
+PLANNER_TIMEOUT_S = 30
 GRACE_S = 5.0
 
 
@@ -55,12 +57,12 @@ class Log:
             self.rows.append((kind, t0, ms, outcome))
 
 
-def request(sess, method, url, log, kind, t_begin, **kw):
+def request(sess, method, url, log, kind, t_begin, timeout=5, **kw):
     import requests
 
     t0 = time.perf_counter()
     try:
-        r = sess.request(method, url, timeout=5, **kw)
+        r = sess.request(method, url, timeout=timeout, **kw)
         outcome = "ok" if r.status_code < 400 else f"HTTP {r.status_code}"
     except requests.Timeout:
         r, outcome = None, "timeout"
@@ -146,7 +148,7 @@ def planner(i, base, token, scope, stop_at, log, t_begin):
     n = 0
     while time.perf_counter() < stop_at:
         n += 1
-        r, outcome = request(sess, "GET", f"{base}/api/plans/{plan}", log, "plan read", t_begin)
+        r, outcome = request(sess, "GET", f"{base}/api/plans/{plan}", log, "plan read", t_begin, PLANNER_TIMEOUT_S)
         if outcome != "ok":
             time.sleep(0.5)
             continue
@@ -157,11 +159,12 @@ def planner(i, base, token, scope, stop_at, log, t_begin):
         cx = shapely.centroid(geom).x
         line = LineString([(cx, miny - 0.001), (cx, maxy + 0.001)])
         code, version = cell["properties"]["code"], cell["properties"]["version"]
-        r, outcome = request(sess, "POST", f"{base}/api/plans/{plan}/edits", log, "plan edit", t_begin,
+        r, outcome = request(sess, "POST", f"{base}/api/plans/{plan}/edits", log, "plan edit", t_begin, PLANNER_TIMEOUT_S,
                              data=json.dumps({"op": "split", "code": code, "versions": {code: version},
                                               "line": line.__geo_interface__}))
         if outcome == "ok":
-            request(sess, "POST", f"{base}/api/plans/{plan}/undo", log, "plan undo", t_begin, data="{}")
+            request(sess, "POST", f"{base}/api/plans/{plan}/undo", log, "plan undo", t_begin, PLANNER_TIMEOUT_S,
+                    data="{}")
         else:
             time.sleep(0.5)
     sess.close()
