@@ -199,6 +199,19 @@ class CpuMeter:
         return f"CPU (cores busy, of 2 on the machine): {', '.join(parts)}"
 
 
+def run_threads(threads, start_at, meter):
+    """Start the client threads, sample CPU when they begin together at ``start_at`` and when
+    the last has finished; the two samples."""
+    for t in threads:
+        t.start()
+    while time.perf_counter() < start_at:
+        time.sleep(0.001)
+    c0 = meter.sample()
+    for t in threads:
+        t.join()
+    return c0, meter.sample()
+
+
 # -- gisgrid over HTTP ----------------------------------------------------------------------------
 class Result:
     __slots__ = ("client", "seq", "key", "status", "code", "attempts", "first_ms", "first_ok", "done_ms")
@@ -316,16 +329,9 @@ def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None):
         threads = [threading.Thread(target=field_client, daemon=True,
                                     args=(i, tokens[i][1], base + "/api/incidents", start_at, stop_at, run_id, points,
                                           cats, out, errors, lock, args.timeout)) for i in range(args.clients)]
-        meter = CpuMeter(proc.pid, postmaster)
         x0 = db_counters(dsn) if dsn else None
-        for t in threads:
-            t.start()
-        while time.perf_counter() < start_at:
-            time.sleep(0.001)
-        c0 = meter.sample()
-        for t in threads:
-            t.join()
-        c1 = meter.sample()
+        meter = CpuMeter(proc.pid, postmaster)
+        c0, c1 = run_threads(threads, start_at, meter)
         elapsed = c1[3] - start_at
         time.sleep(2.0)                 # backends flush their statistics at most once a second
         xacts = [b - a for a, b in zip(x0, db_counters(dsn))] if dsn else None
@@ -433,15 +439,7 @@ def run_floor(args, dsn, points, cats, run_id, postmaster):
     threads = [threading.Thread(target=floor_client, daemon=True,
                                 args=(i, dsn, start_at, stop_at, run_id, points, cats, out, errors, lock))
                for i in range(args.clients)]
-    meter = CpuMeter(None, postmaster)
-    for t in threads:
-        t.start()
-    while time.perf_counter() < start_at:
-        time.sleep(0.001)
-    c0 = meter.sample()
-    for t in threads:
-        t.join()
-    c1 = meter.sample()
+    c0, c1 = run_threads(threads, start_at, CpuMeter(None, postmaster))
     return out, errors, c1[3] - start_at, CpuMeter.line(c0, c1)
 
 

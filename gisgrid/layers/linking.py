@@ -87,7 +87,7 @@ _ADMIN_LATERAL = (
     "ORDER BY CASE level WHEN 'community' THEN 0 WHEN 'street' THEN 1 ELSE 2 END, code LIMIT 1) a ON true "
 )
 #: id and links of every row of a CTE ``src(id, pt)`` (one lateral lookup each)
-LOCATE_SQL = _LOCATE = (
+LOCATE_SQL = (
     "SELECT s.id, g.id AS grid_id, g.code AS grid_code, "
     "coalesce(g.community_code, a.community_code) AS community_code, "
     "coalesce(g.street_code, a.street_code) AS street_code, "
@@ -113,8 +113,8 @@ def _located(table: str, where: str) -> str:
         return (f"SELECT r.id, {', '.join('b.' + c for c in COLUMNS)} FROM resident r "
                 f"LEFT JOIN building_link b ON b.id = r.building_id WHERE r.building_id IS NOT NULL AND ({where}) "
                 f"UNION ALL (WITH src AS (SELECT id, geom AS pt FROM resident r "
-                f"WHERE r.building_id IS NULL AND ({where})) {_LOCATE})")
-    return f"WITH src AS (SELECT id, {ANCHORS[table]} AS pt FROM {table} r WHERE {where}) {_LOCATE}"
+                f"WHERE r.building_id IS NULL AND ({where})) {LOCATE_SQL})")
+    return f"WITH src AS (SELECT id, {ANCHORS[table]} AS pt FROM {table} r WHERE {where}) {LOCATE_SQL}"
 
 
 def link_ids(session: Session, table: str, ids: list[int]) -> int:
@@ -251,7 +251,7 @@ def link_staged(session: Session, table: str, stage: str) -> None:
         "OFFSET 0) p WHERE g.valid_to IS NULL ORDER BY p.id, g.code"))
     session.execute(text(
         f"INSERT INTO {link} (id, {_LIST}) WITH src AS (SELECT id, pt FROM _gisgrid_pts p WHERE NOT EXISTS "
-        f"(SELECT 1 FROM {link} k WHERE k.id = p.id)) {_LOCATE}"))
+        f"(SELECT 1 FROM {link} k WHERE k.id = p.id)) {LOCATE_SQL}"))
     if table == "resident":      # by their building
         session.execute(text(
             f"INSERT INTO {link} (id, {_LIST}) SELECT s.id, {', '.join('b.' + c for c in COLUMNS)} "

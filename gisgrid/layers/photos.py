@@ -88,9 +88,6 @@ def of_incident_sql(incident_id: str) -> str:
             f"WHERE incident_id = {incident_id})")
 
 
-def of_incident(session: Session, incident_id: int) -> list[str]:
-    return session.execute(text(f"SELECT {of_incident_sql('CAST(:i AS integer)')}"), {"i": incident_id}).scalar()
-
 
 def get(session: Session, sha256: str) -> Photo | None:
     return session.get(Photo, sha256)
