@@ -500,7 +500,9 @@ def _serve(settings):
         def load(self):
             from gisgrid.web import create_app
 
-            return create_app()
+            app = create_app()
+            app.extensions["gisgrid"]["principals"].listen()    # per worker, after the fork
+            return app
 
     url = f"http://{settings.host}:{settings.port}/"
     click.echo(f"gisgrid serving at {url} ({workers} workers × {settings.threads} threads)", err=False)

@@ -52,6 +52,10 @@ class Settings:
     #: category this near and this recent is offered as a possible duplicate of a new report.
     duplicate_metres: float = 50.0
     duplicate_hours: float = 72.0
+    #: ``GISGRID_AUTH_CACHE_SECONDS``: how long a web worker may remember who a token or session
+    #: stands for (gisgrid.web.principals; forgotten at once when any account or token changes).
+    #: 0 = read the accounts on every request.
+    auth_cache_seconds: float = 60.0
 
     @property
     def embedded(self) -> bool:
@@ -94,4 +98,5 @@ def load(env: dict | None = None) -> Settings:
         tile_cache_mb=int(env.get("GISGRID_TILE_CACHE_MB", "128")),
         duplicate_metres=float(env.get("GISGRID_DUPLICATE_METRES", "50")),
         duplicate_hours=float(env.get("GISGRID_DUPLICATE_HOURS", "72")),
+        auth_cache_seconds=float(env.get("GISGRID_AUTH_CACHE_SECONDS", "60")),
     )

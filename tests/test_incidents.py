@@ -80,6 +80,20 @@ def test_report_is_linked_routed_and_timed(worker, g):
     assert inc["allowed"] == ["accept", "reject"]
 
 
+
+def test_report_answer_is_the_incident_as_read_back(worker, g):
+    """The report's answer is built inside the inserting statement; it must say what a read of
+    the stored incident says, field for field (plus the possible duplicates)."""
+    first = file_report(worker, g, address="测试路1号", accuracy_m=3.5)
+    made = file_report(worker, g, address="测试路1号", accuracy_m=3.5)
+    assert made.status_code == 201
+    answer = made.json
+    stored = worker.get(f"/api/incidents/{answer['code']}").json
+    assert first.json["code"] in [d["code"] for d in answer.pop("possible_duplicates")]
+    assert set(answer) == set(stored)
+    assert answer == stored
+
+
 def test_the_districts_own_catalogue_sets_the_first_deadline(app, worker, g):
     """A district's own SLA for a category overrides the default one from the first step."""
     from datetime import datetime

@@ -31,6 +31,10 @@ def kill(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
 def test_limits_are_shared_by_the_worker_processes(demo_url):
     """Three login attempts a minute in all, made alternately to two separate server processes
     on one database: the fourth is refused (per-process counters would allow six)."""
+    import psycopg
+
+    with psycopg.connect(demo_url.replace("+psycopg", ""), autocommit=True) as c:
+        c.execute("DELETE FROM rate_limit")     # earlier tests' logins from 127.0.0.1 in this minute
     ports = [free_port(), free_port()]
     procs = [start(demo_url, p, GISGRID_LOGIN_LIMIT="3 per minute", GISGRID_WORKERS="1") for p in ports]
     try:
@@ -152,3 +156,69 @@ def test_kill_9_during_a_burst_loses_and_duplicates_nothing(demo_url, field_toke
     assert all(stored[k] == acked[k] for k in acked), "a retry got another incident's code"
     assert set(stored) == set(acked), "stored but never acknowledged (a client gave up)"
     assert re.fullmatch(r"SJ\d{15}", next(iter(stored.values())))
+
+
+def test_workers_remember_a_token_and_forget_it_when_revoked_or_disabled(demo_url):
+    """A worker answers a known token from memory (a request succeeds while another transaction
+    holds an exclusive lock on api_token and app_user), and a revocation or a disabled account
+    made by another process (the CLI) is refused at once after it commits: no time-to-live."""
+    import psycopg
+
+    from gisgrid.db.engine import make_engine, make_sessionmaker
+    from gisgrid.layers import users
+    from test_cli_accounts import run
+
+    eng = make_engine(demo_url)
+    try:
+        with make_sessionmaker(eng)() as s:
+            district = s.execute(text("SELECT code FROM admin_area WHERE level = 'district'")).scalar()
+            name = f"cache-{uuid.uuid4().hex[:8]}"
+            u = users.add(s, name, "field", [district], "cache-password-1")
+            tokens = [users.create_token(s, u, f"t{i}", ["read"]) for i in range(2)]
+            s.commit()
+            token_ids = [row.id for _, row in tokens]
+    finally:
+        eng.dispose()
+    port = free_port()
+    proc = start(demo_url, port, GISGRID_WORKERS="1")
+
+    def status(plain: str, timeout: float = 10) -> int:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            c.request("GET", "/api/categories", headers={"Authorization": f"Bearer {plain}"})
+            r = c.getresponse()
+            r.read()
+            return r.status
+        finally:
+            c.close()
+
+    def refused_soon(plain: str) -> list[int]:
+        seen = [status(plain)]
+        deadline = time.monotonic() + 3        # the notification is delivered at commit; allow for scheduling
+        while seen[-1] != 401 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            seen.append(status(plain))
+        return seen
+
+    try:
+        first, second = tokens[0][0], tokens[1][0]
+        deadline = time.monotonic() + 10       # the worker's listener connects after the worker starts
+        while status(first) == 200 and time.monotonic() < deadline:
+            with psycopg.connect(demo_url.replace("+psycopg", "")) as locker:
+                locker.execute("LOCK TABLE api_token, app_user IN ACCESS EXCLUSIVE MODE")
+                try:
+                    if status(first, timeout=2) == 200:
+                        break               # answered from memory: the tables could not be read
+                except OSError:
+                    pass                    # not remembered yet (listener not up): the request waited
+        else:
+            raise AssertionError("a known token was never answered without reading api_token")
+        r = run(demo_url, "user", "token", "revoke", str(token_ids[0]))
+        assert r.returncode == 0, r.stderr
+        assert refused_soon(first)[-1] == 401
+        assert status(second) == 200
+        r = run(demo_url, "user", "disable", name)
+        assert r.returncode == 0, r.stderr
+        assert refused_soon(second)[-1] == 401
+    finally:
+        stop(proc)

@@ -7,6 +7,7 @@ an incident between which states lives in :mod:`gisgrid.workflow` and nowhere el
 """
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 
@@ -214,10 +215,11 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
             raise InvalidInput(f"accuracy_m must be between 0 and 100000, got {accuracy_m}", field="accuracy_m")
     p = point_to_storage(lon, lat, crs)
     crs = canonical(crs)        # gcj02, bd09 or EPSG:n, as stored in input_crs
-    row = session.execute(text(_REPORT_SQL), {
+    row = session.execute(_report_statement(), {
         "key": idempotency_key, "cat": category, "descr": description or "", "addr": address, "src": source,
         "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": p.x, "y": p.y, "actor": actor,
-    }).first()
+        "open": list(OPEN_STATES), "m": duplicate_metres, "s": duplicate_hours * 3600,
+    }).mappings().first()
     if row is None:            # nothing written: a retry of a report already filed, or a bad category
         found = idempotency_key and session.execute(
             text("SELECT code FROM incident WHERE idempotency_key = :k"), {"k": idempotency_key}).scalar()
@@ -226,17 +228,53 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
         known = {c["code"] for c in categories(session)}
         raise UnknownReference(f"unknown category {category!r}; categories: {', '.join(sorted(known))}",
                                field="category")
-    out = detail(session, row.code)
-    out["possible_duplicates"] = possible_duplicates(session, row.id, duplicate_metres, duplicate_hours)
+    out = _detail_out(row)
+    out["possible_duplicates"] = out["possible_duplicates"] or []
     return out, True
 
 
+def _duplicates_sql(point: str, at: str, exclude: str) -> str:
+    """An SQL expression: as a JSON array of ``{code, state, metres}`` (NULL if none), nearest
+    first, the open incidents of category ``:cat`` within ``:m`` metres of the SQL point
+    ``point``, reported within ``:s`` seconds of ``at``, other than incident id ``exclude``."""
+    # the box first (GiST index on geom), the exact distance on the few inside it: :m metres are
+    # at most :m / (111,320 cos lat) degrees of longitude and fewer of latitude
+    return (
+        "(SELECT json_agg(json_build_object('code', d.code, 'state', d.state, 'metres', d.metres) "
+        "ORDER BY d.metres, d.code) FROM (SELECT o.code, o.state, "
+        f"round(ST_Distance(o.geom::geography, {point}::geography))::int AS metres FROM incident o "
+        f"WHERE o.category = :cat AND o.id <> {exclude} AND o.state = ANY(:open) "
+        f"AND o.geom && ST_Expand({point}, :m / (111320.0 * greatest(cos(radians(ST_Y({point}))), 0.01))) "
+        f"AND ST_DWithin(o.geom::geography, {point}::geography, :m) "
+        f"AND abs(extract(epoch FROM o.reported_at - {at})) <= :s "
+        "ORDER BY metres, o.code LIMIT 10) d)")
+
+
+@functools.cache
+def _report_statement():
+    """The statement of :func:`_report_sql`, built once (a text() parses its SQL each time it is
+    made) and on one line (psycopg caches the conversion of statements up to 4 KB only)."""
+    from sqlalchemy import text
+    from sqlalchemy.dialects.postgresql import psycopg
+
+    statement = text(" ".join(_report_sql().split()))
+    if len(str(statement.compile(dialect=psycopg.dialect()))) > 4096:   # psycopg's MAX_CACHED_STATEMENT_LENGTH
+        import warnings
+        warnings.warn("the report statement is longer than psycopg caches: its conversion is redone per report",
+                      stacklevel=2)
+    return statement
+
+
 def _report_sql() -> str:
-    """One statement files a report: where it is (the linking rule), its category's first
-    deadline (the district's catalogue, else the default one), the incident, its link, its first
-    event and its audit row. Nothing is written when the idempotency key was used before or the
-    category is not in the catalogue. (Data-modifying CTEs cannot see each other's rows, so the
-    link and level are computed before the insert, not read back from it.)"""
+    """One statement files a report and answers it: where it is (the linking rule), its
+    category's first deadline (the district's catalogue, else the default one), the incident,
+    its link, its first event and its audit row; then the incident as :func:`detail` shows it,
+    with the possible duplicates. Nothing is written (and no row returned) when the idempotency
+    key was used before or the category is not in the catalogue. (Data-modifying CTEs cannot see
+    each other's rows, so the link and level are computed before the insert, and the answer is
+    built from what the inserts return, not read back from the tables.) Keep it under psycopg's
+    4 KB: :func:`_report_statement` says if it grows past."""
+    from gisgrid.layers import staff
     from gisgrid.layers.linking import COLUMNS, LOCATE_SQL
 
     cols = ", ".join(COLUMNS)
@@ -256,37 +294,23 @@ def _report_sql() -> str:
                now() + make_interval(hours => coalesce(CAST(cat.sla_hours ->> 'reported' AS integer), 2))
         FROM src, loc, cat, (SELECT nextval(pg_get_serial_sequence('incident', 'id')) AS id) n
         ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING id, code),
+        RETURNING *),
     link AS (INSERT INTO incident_link (id, {cols}) SELECT ins.id, {", ".join("loc." + c for c in COLUMNS)}
              FROM ins, loc),
     event AS (INSERT INTO incident_event (incident_id, actor, from_state, to_state, note)
-              SELECT id, :actor, NULL, 'reported', '[report]' FROM ins),
+              SELECT id, :actor, NULL, 'reported', '[report]' FROM ins RETURNING *),
     audit AS (INSERT INTO audit_log (actor, action, entity, entity_id, after)
               SELECT :actor, 'create', 'incident', CAST(ins.id AS text),
-                     jsonb_build_object('code', ins.code, 'category', CAST(:cat AS text), 'lon', CAST(:x AS float8),
-                                        'lat', CAST(:y AS float8), 'crs', CAST(:crs AS text), 'source', CAST(:src AS text))
+                     jsonb_build_object('code', ins.code, 'category', ins.category, 'lon', ST_X(ins.geom),
+                                        'lat', ST_Y(ins.geom), 'crs', ins.input_crs, 'source', ins.source)
               FROM ins)
-    SELECT id, code FROM ins"""
-
-
-_REPORT_SQL = _report_sql()
-
-
-def possible_duplicates(session, incident_id: int, metres: float, hours: float) -> list[dict]:
-    """Open incidents of the same category within ``metres`` reported within ``hours``."""
-    from sqlalchemy import text
-
-    rows = session.execute(text(
-        "SELECT o.code, o.state, round(ST_Distance(o.geom::geography, i.geom::geography))::int AS metres "
-        "FROM incident i JOIN incident o ON o.category = i.category AND o.id <> i.id "
-        # the box first (GiST index on geom), the exact distance on the few inside it: :m metres
-        # are at most :m / (111,320 cos lat) degrees of longitude and fewer of latitude
-        "AND o.geom && ST_Expand(i.geom, :m / (111320.0 * greatest(cos(radians(ST_Y(i.geom))), 0.01))) "
-        "AND o.state = ANY(:open) AND ST_DWithin(o.geom::geography, i.geom::geography, :m) "
-        "AND abs(extract(epoch FROM o.reported_at - i.reported_at)) <= :s WHERE i.id = :id "
-        "ORDER BY metres, o.code LIMIT 10"),
-        {"id": incident_id, "m": metres, "s": hours * 3600, "open": list(OPEN_STATES)}).mappings()
-    return [dict(r) for r in rows]
+    {_DETAIL_COLUMNS},
+           (SELECT json_agg(json_build_object('at', e.at, 'actor', e.actor, 'from_state', e.from_state,
+                                              'to_state', e.to_state, 'note', e.note)) FROM event e) AS events,
+           CAST('[]' AS json) AS photos, {staff.team_sql('l.grid_id')} AS team,
+           {_duplicates_sql('i.geom', 'i.reported_at', 'i.id')} AS possible_duplicates
+    FROM ins i CROSS JOIN loc l LEFT JOIN staff s ON s.id = i.assignee_id
+    LEFT JOIN incident m ON m.id = i.merged_into_id"""
 
 
 _DETAIL_COLUMNS = (
@@ -316,7 +340,6 @@ def detail(session, code: str, scope: tuple[str, dict] = ("TRUE", {})) -> dict:
 
     from gisgrid.errors import NotFound
     from gisgrid.layers import photos, staff
-    from gisgrid.workflow import allowed_actions
 
     # one round trip: the row, its history, photos and the grid's team as JSON columns
     row = session.execute(text(
@@ -325,6 +348,14 @@ def detail(session, code: str, scope: tuple[str, dict] = ("TRUE", {})) -> dict:
         {"c": code, "open": list(OPEN_STATES), **scope[1]}).mappings().first()
     if row is None:
         raise NotFound(f"no incident {code!r} in your jurisdiction", field="code")
+    return _detail_out(row)
+
+
+def _detail_out(row) -> dict:
+    """The JSON of an incident from a row of :data:`_DETAIL_COLUMNS` and its JSON columns."""
+    from gisgrid.layers import staff
+    from gisgrid.workflow import allowed_actions
+
     out = _jsonable(row)
     out["category_name"] = CATEGORIES.get(out["category"], out["category"])
     out["state_name"] = STATES[out["state"]]

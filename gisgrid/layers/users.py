@@ -157,8 +157,14 @@ def create_token(session: Session, user: User, name: str, scopes: list[str], day
     return plain, row
 
 
-def principal_for_token(session: Session, token: str) -> Principal | None:
-    """The principal a bearer token stands for, or None if it is unknown, revoked or expired."""
+def token_digest(token: str) -> str:
+    """What is stored of a token (its SHA-256): the key it is looked up and remembered by."""
+    return _digest(token)
+
+
+def principal_for_token(session: Session, token: str) -> tuple[Principal, datetime | None] | None:
+    """The principal a bearer token stands for and the token's expiry time, or None if it is
+    unknown, revoked or expired."""
     if not token or not token.startswith("ggt_"):
         return None
     now = datetime.now(timezone.utc)
@@ -171,7 +177,7 @@ def principal_for_token(session: Session, token: str) -> Principal | None:
     tok, user = row
     if tok.last_used_at is None or now - tok.last_used_at > LAST_USED_EVERY:
         tok.last_used_at = now      # at most every few minutes: not a write on every request
-    return user.principal(tok.scopes)
+    return user.principal(tok.scopes), tok.expires_at
 
 
 def revoke_token(session: Session, token_id: int) -> None:

@@ -24,6 +24,7 @@ is zero, as the consumer maps do.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -85,6 +86,17 @@ def canonical(crs) -> str:
     >>> canonical("GCJ-02"), canonical(4490)
     ('gcj02', 'EPSG:4490')
     """
+    if isinstance(crs, (str, int)):
+        return _canonical_name(crs)     # every report names its CRS: pyproj's lookup once per spelling
+    return _canonical(crs)
+
+
+@functools.lru_cache(maxsize=256)
+def _canonical_name(crs: str | int) -> str:
+    return _canonical(crs)
+
+
+def _canonical(crs) -> str:
     from gisgrid.errors import InvalidInput
 
     if isinstance(crs, str) and crs.strip().lower() in OFFSET_NAMES:

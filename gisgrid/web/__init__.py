@@ -11,8 +11,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
     from gisgrid.db.engine import database_url, make_engine, make_sessionmaker
-    from gisgrid.web import (api, assets, auth, errors, incidents, onemap, open311, pages, patrol, plans, security,
-                             tiles, transfer)
+    from gisgrid.web import (api, assets, auth, errors, incidents, onemap, open311, pages, patrol, plans,
+                             principals, security, tiles, transfer)
 
     settings = config.load().with_overrides(overrides)
     app = Flask(__name__)
@@ -29,7 +29,11 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.json.ensure_ascii = False
     engine = make_engine(database_url(settings), statement_timeout_ms=30_000)
     app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine),
-                                 "tile_cache": tiles.TileCache(settings.tile_cache_mb * 1024 * 1024)}
+                                 "tile_cache": tiles.TileCache(settings.tile_cache_mb * 1024 * 1024),
+                                 "principals": principals.PrincipalCache(
+                                     engine.url.render_as_string(hide_password=False).replace("+psycopg", ""),
+                                     ttl=settings.auth_cache_seconds),
+                                 "counter_connections": auth.CounterConnections(engine)}
     assets.localise_folium()
     errors.register(app)
     app.before_request(transfer.upload_limit)       # before any hook reads the form (NUL check, CSRF)

@@ -10,15 +10,16 @@
 """
 from __future__ import annotations
 
+import threading
+from datetime import datetime, timezone
 from urllib.parse import urlparse
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFProtect
+import psycopg
 from limits.storage import Storage
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
 from gisgrid import authz
 from gisgrid.errors import GisgridError, InvalidInput
@@ -42,13 +43,10 @@ class SharedCounters(Storage):
 
     @property
     def base_exceptions(self):
-        return SQLAlchemyError
+        return psycopg.Error
 
     def _conn(self):
-        ext = current_app.extensions["gisgrid"]
-        if "autocommit" not in ext:
-            ext["autocommit"] = ext["engine"].execution_options(isolation_level="AUTOCOMMIT")
-        return ext["autocommit"].connect()
+        return _Using(current_app.extensions["gisgrid"]["counter_connections"].get())
 
     def _seen(self) -> dict:
         if "rate_windows" not in g:
@@ -75,7 +73,7 @@ class SharedCounters(Storage):
 
     def check(self) -> bool:
         with self._conn() as c:
-            return c.execute(text("SELECT true")).scalar()
+            return c.execute("SELECT true").fetchone()[0]
 
     def reset(self) -> int | None:
         with self._conn() as c:
@@ -84,6 +82,50 @@ class SharedCounters(Storage):
     def clear(self, key: str) -> None:
         with self._conn() as c:
             rate_limits.clear(c, key)
+
+
+class CounterConnections:
+    """One autocommitted psycopg connection per thread for the rate-limit counters, made on
+    first use and replaced after an error; all closed when the app's engine is disposed."""
+
+    def __init__(self, engine):
+        from sqlalchemy import event
+
+        self._url = engine.url.render_as_string(hide_password=False).replace("+psycopg", "")
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+        event.listen(engine, "engine_disposed", lambda _engine: self.close_all())
+
+    def get(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._local.conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5,
+                                                      application_name="gisgrid rate limits")
+            with self._lock:
+                self._all = [c for c in self._all if not c.closed] + [conn]
+        return conn
+
+    def close_all(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for c in conns:
+            c.close()
+
+
+class _Using:
+    """``with`` a counter connection: on a database error, close it (the next hit reconnects)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        return self.conn
+
+    def __exit__(self, kind, exc, tb):
+        if exc is not None and isinstance(exc, psycopg.Error):
+            self.conn.close()
+        return False
 
 
 limiter = Limiter(key_func=get_remote_address, storage_uri="gisgrid://", default_limits=[],
@@ -123,6 +165,10 @@ def _open311_api_key() -> str | None:
     return request.values.get("api_key", "").strip() or None
 
 
+def _cache():
+    return current_app.extensions["gisgrid"]["principals"]
+
+
 def _from_bearer(db) -> authz.Principal | None:
     token = _open311_api_key()
     if token is None:
@@ -132,23 +178,37 @@ def _from_bearer(db) -> authz.Principal | None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise authz.Unauthenticated("Authorization header must be 'Bearer <token>'")
-    found = users.principal_for_token(db, token.strip())
+    token = token.strip()
+    cache, key = _cache(), ("token", users.token_digest(token))
+    hit = cache.get(key)
+    if hit is not None and (hit[1] is None or hit[1] > datetime.now(timezone.utc)):
+        return hit[0]
+    generation = cache.generation()
+    found = users.principal_for_token(db, token)
     if found is None:
         raise authz.Unauthenticated("the API token is unknown, revoked or expired")
     if db.dirty:
         db.commit()   # last_used_at, when it was due
-    return found
+    cache.put(key, found, generation)
+    return found[0]
 
 
 def _from_session(db) -> authz.Principal | None:
     uid = session.get("uid")
     if uid is None:
         return None
-    user = db.get(users.User, uid)
-    if user is None or not user.active or user.session_version != session.get("sv"):
+    cache, key = _cache(), ("user", uid)
+    hit = cache.get(key)
+    if hit is None:
+        generation = cache.generation()
+        user = db.get(users.User, uid)
+        hit = (user.principal(), user.session_version) if user is not None and user.active else (None, None)
+        cache.put(key, hit, generation)
+    principal, version = hit
+    if principal is None or version != session.get("sv"):
         session.clear()
         return None
-    return user.principal()
+    return principal
 
 
 def load_principal():

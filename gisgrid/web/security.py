@@ -45,7 +45,9 @@ def reject_nul() -> None:
         for k, v in values.items():
             if _has_nul(k) or _has_nul(v):
                 raise InvalidInput(f"{where} parameter {k!r} contains a NUL character", field=str(k).replace("\x00", ""))
-    if request.is_json:
+    # in JSON a NUL can only be the escape \u0000 (a raw NUL byte is not valid JSON): look for it
+    # in the raw body before walking the parsed one
+    if request.is_json and b"\\u0000" in request.get_data(cache=True):
         body = request.get_json(silent=True)
         if _has_nul(body):
             raise InvalidInput("the JSON body contains a NUL character", field="body")
