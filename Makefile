@@ -1,5 +1,5 @@
 # The README's two commands. Both install what is missing first (scripts/bootstrap.sh).
-.PHONY: demo test setup bench-link bench-import
+.PHONY: demo test setup bench-link bench-import bench-incidents
 
 demo:
 	@scripts/bootstrap.sh demo
@@ -19,3 +19,7 @@ bench-link:
 bench-import:
 	@scripts/bootstrap.sh bench
 	.venv/bin/python bench/import.py
+
+bench-incidents:
+	@scripts/bootstrap.sh bench
+	.venv/bin/python bench/incidents.py

@@ -9,8 +9,9 @@ district), each with a fresh report token. Then, in one run:
 * gisgrid: ``gisgrid serve`` (gunicorn, cores + 1 worker processes × 4 threads) as a subprocess
   on a free loopback port, with
   ``GISGRID_REPORT_LIMIT=100000 per minute`` (the default 120 per minute per user would refuse
-  the load). ``--clients`` threads, one keep-alive ``requests.Session`` and one user each, post
-  reports for ``--seconds`` at deterministic random points inside the demo grids, each with a
+  the load). ``--clients`` clients, each with its own keep-alive connection and user (aiohttp
+  coroutines in one event loop: an HTTP client costs CPU on the same 2 cores, and aiohttp's
+  costs about a third of requests'), post reports for ``--seconds`` at deterministic random points inside the demo grids, each with a
   fresh UUID ``Idempotency-Key``; on a timeout (5 s), a connection error, a 429 or a 5xx the SAME
   request is retried with the SAME key (at most 5 attempts).
 * floor: as many threads, one psycopg connection each, doing the same inserts directly in SQL
@@ -26,6 +27,7 @@ Prints timings and ratios; never asserts on them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import json
 import os
@@ -221,73 +223,91 @@ class Result:
             setattr(self, k, v)
 
 
-def field_client(i, token, url, start_at, stop_at, run_id, points, cats, out, errors, lock, timeout=TIMEOUT_S):
-    import requests
+async def field_client(i, token, url, start_at, stop_at, run_id, points, cats, out, errors, timeout=TIMEOUT_S):
+    """One phone: its own keep-alive connection (aiohttp, one event loop for every client, so
+    the clients' own CPU stays small beside the server's on the shared cores)."""
+    import aiohttp
 
     rng = random.Random(SEED * 1000 + i)
-    sess = requests.Session()
-    sess.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     mine, errs = [], collections.Counter()
-    while time.perf_counter() < start_at:
-        time.sleep(0.001)
-    seq = 0
-    while time.perf_counter() < stop_at:
-        seq += 1
-        lon, lat = rng.choice(points)
-        key = str(uuid.uuid4())
-        body = json.dumps({"category": rng.choice(cats), "lon": lon, "lat": lat, "source": "patrol",
-                           "description": f"{PREFIX}:{run_id}:{i}:{seq}", "accuracy_m": 5.0}).encode()
-        t0 = time.perf_counter()
-        first_ms = first_ok = None
-        status, code, attempts = None, None, 0
-        while attempts < MAX_ATTEMPTS:
-            attempts += 1
-            ta = time.perf_counter()
-            kind = None
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=timeout),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}) as sess:
+        while time.perf_counter() < start_at:
+            await asyncio.sleep(0.001)
+        seq = 0
+        while time.perf_counter() < stop_at:
+            seq += 1
+            lon, lat = rng.choice(points)
+            key = str(uuid.uuid4())
+            body = json.dumps({"category": rng.choice(cats), "lon": lon, "lat": lat, "source": "patrol",
+                               "description": f"{PREFIX}:{run_id}:{i}:{seq}", "accuracy_m": 5.0}).encode()
+            t0 = time.perf_counter()
+            first_ms = first_ok = None
+            status, code, attempts = None, None, 0
+            while attempts < MAX_ATTEMPTS:
+                attempts += 1
+                ta = time.perf_counter()
+                kind = None
+                try:
+                    async with sess.post(url, data=body, headers={"Idempotency-Key": key}) as r:
+                        got, data = r.status, await r.read()
+                except TimeoutError:
+                    kind = "timeout"
+                except aiohttp.ClientError:
+                    kind = "connection error"
+                else:
+                    if got in (200, 201):
+                        status, code = got, json.loads(data).get("code")
+                    elif got == 429 or got >= 500:
+                        kind = f"HTTP {got}"
+                    else:                                   # not worth a retry: record and move on
+                        status, kind = got, f"HTTP {got}"
+                if first_ms is None:
+                    first_ms, first_ok = (time.perf_counter() - ta) * 1000, kind is None
+                if kind:
+                    errs[kind] += 1
+                if status is not None:
+                    break
+                await asyncio.sleep(0.05 * attempts)
+            if status is None:
+                errs["gave up after retries"] += 1
+            mine.append(Result(client=i, seq=seq, key=key, status=status, code=code, attempts=attempts,
+                               first_ms=first_ms, first_ok=first_ok, done_ms=(time.perf_counter() - t0) * 1000))
+    out.extend(mine)
+    errors.update(errs)
+
+
+async def health_client(url, stop_at, out):
+    import aiohttp
+
+    mine = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
+                                     timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as sess:
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
             try:
-                r = sess.post(url, data=body, headers={"Idempotency-Key": key}, timeout=timeout)
-            except requests.Timeout:
-                kind = "timeout"
-            except requests.ConnectionError:
-                kind = "connection error"
-            else:
-                if r.status_code in (200, 201):
-                    status, code = r.status_code, r.json().get("code")
-                elif r.status_code == 429 or r.status_code >= 500:
-                    kind = f"HTTP {r.status_code}"
-                else:                                   # not worth a retry: record and move on
-                    status, kind = r.status_code, f"HTTP {r.status_code}"
-            if first_ms is None:
-                first_ms, first_ok = (time.perf_counter() - ta) * 1000, kind is None
-            if kind:
-                errs[kind] += 1
-            if status is not None:
-                break
-            time.sleep(0.05 * attempts)
-        if status is None:
-            errs["gave up after retries"] += 1
-        mine.append(Result(client=i, seq=seq, key=key, status=status, code=code, attempts=attempts,
-                           first_ms=first_ms, first_ok=first_ok, done_ms=(time.perf_counter() - t0) * 1000))
-    sess.close()
-    with lock:
-        out.extend(mine)
-        errors.update(errs)
+                async with sess.get(url) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except (TimeoutError, aiohttp.ClientError):
+                ok = False
+            if ok:
+                mine.append((time.perf_counter() - t0) * 1000)
+    out.extend(mine)
 
 
-def health_client(url, stop_at, out, lock):
-    import requests
-
-    sess, mine = requests.Session(), []
-    while time.perf_counter() < stop_at:
-        t0 = time.perf_counter()
-        try:
-            ok = sess.get(url, timeout=TIMEOUT_S).status_code == 200
-        except requests.RequestException:
-            ok = False
-        if ok:
-            mine.append((time.perf_counter() - t0) * 1000)
-    with lock:
-        out.extend(mine)
+def run_clients(coroutines, start_at, meter):
+    """Run the client coroutines in one event loop; sample CPU when they begin together at
+    ``start_at`` and when the last has finished; the two samples."""
+    async def go():
+        tasks = [asyncio.ensure_future(c) for c in coroutines]
+        while time.perf_counter() < start_at:
+            await asyncio.sleep(0.001)
+        c0 = meter.sample()
+        await asyncio.gather(*tasks)
+        return c0, meter.sample()
+    return asyncio.run(go())
 
 
 def db_counters(dsn):
@@ -298,6 +318,16 @@ def db_counters(dsn):
                             "tup_fetched FROM pg_stat_database WHERE datname = current_database()").fetchone()
 
 
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None):
     port = free_port()
     env = dict(os.environ, GISGRID_PORT=str(port), GISGRID_HOST="127.0.0.1")
@@ -306,47 +336,34 @@ def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None):
     proc = subprocess.Popen(gisgrid_cmd("serve"), env=env, stdout=logfh, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        import requests
-
         t0 = time.perf_counter()
-        while True:
+        while not _answers(base + "/healthz"):
             if proc.poll() is not None:
                 sys.exit(f"gisgrid serve exited ({proc.returncode}); see {logpath}")
-            try:
-                if requests.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
             if time.perf_counter() - t0 > 60:
                 sys.exit(f"gisgrid serve did not answer /healthz in 60 s; see {logpath}")
             time.sleep(0.2)
         log(f"gisgrid serve ({open(logpath).readline().split('(')[-1].rstrip().rstrip(')')}) up at {base} in "
             f"{time.perf_counter() - t0:.1f} s, "
             f"GISGRID_REPORT_LIMIT={os.environ['GISGRID_REPORT_LIMIT']!r}")
-        out, errors, lock = [], collections.Counter(), threading.Lock()
+        time.sleep(1.0)                 # the workers' auth listeners connect
+        out, errors = [], collections.Counter()
         start_at = time.perf_counter() + 0.5
         stop_at = start_at + args.seconds
-        threads = [threading.Thread(target=field_client, daemon=True,
-                                    args=(i, tokens[i][1], base + "/api/incidents", start_at, stop_at, run_id, points,
-                                          cats, out, errors, lock, args.timeout)) for i in range(args.clients)]
+        clients = [field_client(i, tokens[i][1], base + "/api/incidents", start_at, stop_at, run_id, points, cats,
+                                out, errors, args.timeout) for i in range(args.clients)]
         x0 = db_counters(dsn) if dsn else None
         meter = CpuMeter(proc.pid, postmaster)
-        c0, c1 = run_threads(threads, start_at, meter)
+        c0, c1 = run_clients(clients, start_at, meter)
         elapsed = c1[3] - start_at
         time.sleep(2.0)                 # backends flush their statistics at most once a second
         xacts = [b - a for a, b in zip(x0, db_counters(dsn))] if dsn else None
         ceiling = None
         if args.ceiling > 0:        # what gunicorn + Flask + one SELECT 1 do on this machine
-            lat, lock2 = [], threading.Lock()
-            t0 = time.perf_counter()
-            hs = [threading.Thread(target=health_client, daemon=True, args=(base + "/healthz", t0 + args.ceiling, lat,
-                                                                              lock2)) for _ in range(args.clients)]
-            h0 = meter.sample()
-            for t in hs:
-                t.start()
-            for t in hs:
-                t.join()
-            h1 = meter.sample()
+            lat = []
+            h_start = time.perf_counter() + 0.2
+            h0, h1 = run_clients([health_client(base + "/healthz", h_start + args.ceiling, lat)
+                                  for _ in range(args.clients)], h_start, meter)
             ceiling = (len(lat) / (h1[3] - h0[3]), pct(lat, 50), pct(lat, 95), CpuMeter.line(h0, h1))
         return out, errors, elapsed, CpuMeter.line(c0, c1), ceiling, xacts
     finally:
@@ -558,7 +575,7 @@ def main() -> None:
         if args.profile:
             profile(Session, tokens, points, cats, args.profile)
 
-        log(f"\ngisgrid: POST /api/incidents, {args.clients} client threads (requests.Session, keep-alive)")
+        log(f"\ngisgrid: POST /api/incidents, {args.clients} clients (aiohttp, one keep-alive connection each)")
         res, errs, g_secs, g_cpu, ceiling, xacts = run_gisgrid(args, tokens, points, cats, run_id, home, postmaster,
                                                                dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:

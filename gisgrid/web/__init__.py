@@ -29,6 +29,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.json.ensure_ascii = False
     engine = make_engine(database_url(settings), statement_timeout_ms=30_000)
     app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine),
+                                 "autocommit_sessions": make_sessionmaker(
+                                     engine.execution_options(isolation_level="AUTOCOMMIT")),
                                  "tile_cache": tiles.TileCache(settings.tile_cache_mb * 1024 * 1024),
                                  "principals": principals.PrincipalCache(
                                      engine.url.render_as_string(hide_password=False).replace("+psycopg", ""),
@@ -54,12 +56,13 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     @app.teardown_appcontext
     def _close_session(exc):
-        s = g.pop("db", None)
-        if s is not None:
-            try:
-                s.close()
-            except SQLAlchemyError as e:     # the database went away after the response was made
-                app.logger.warning("closing the request's session failed: %s", e.__class__.__name__)
+        for name in ("db", "db_autocommit"):
+            s = g.pop(name, None)
+            if s is not None:
+                try:
+                    s.close()
+                except SQLAlchemyError as e:     # the database went away after the response was made
+                    app.logger.warning("closing the request's session failed: %s", e.__class__.__name__)
 
     return app
 
@@ -78,13 +81,16 @@ def _secret_key_file(home) -> str:
     return path.read_text().strip()
 
 
-def db():
-    """The request's session (one per request, closed at teardown)."""
+def db(autocommit: bool = False):
+    """The request's session (one per request, closed at teardown). ``autocommit``: a session
+    whose every statement commits by itself, for a view whose whole write is one statement (no
+    BEGIN and COMMIT round trips around it)."""
     from flask import current_app
 
-    if "db" not in g:
-        g.db = current_app.extensions["gisgrid"]["sessions"]()
-    return g.db
+    name = "db_autocommit" if autocommit else "db"
+    if name not in g:
+        setattr(g, name, current_app.extensions["gisgrid"]["autocommit_sessions" if autocommit else "sessions"]())
+    return getattr(g, name)
 
 
 def settings() -> config.Settings:

@@ -166,14 +166,13 @@ def report():
     if missing:
         raise InvalidInput(f"missing required field(s): {', '.join(missing)}", field=missing[0])
     key = request.headers.get("Idempotency-Key") or body.get("client_uuid")
-    s = db()
+    s = db(autocommit=True)         # a report is one statement (incidents.report)
     out, created = incidents.report(
         s, principal().username, category=body["category"], lon=body["lon"], lat=body["lat"],
         crs=body.get("crs", "EPSG:4326"), description=body.get("description", ""), address=body.get("address"),
         source=body.get("source", "patrol"), reporter=body.get("reporter"), accuracy_m=body.get("accuracy_m"),
         idempotency_key=key, duplicate_metres=settings().duplicate_metres,
         duplicate_hours=settings().duplicate_hours)
-    s.commit()
     return jsonify(out), (201 if created else 200)
 
 
