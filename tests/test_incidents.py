@@ -417,3 +417,35 @@ def test_the_command_centre_edits_its_districts_catalogue(app, centre, worker, g
         r = client.put("/api/categories/illegal_building", json={**body, **extra},
                        headers={"X-CSRFToken": csrf(client)})
         assert r.status_code == status and (field is None or r.json["field"] == field), (extra, r.json)
+
+
+def test_report_quota_is_counted_in_the_statement_and_refuses_past_it(app, g):
+    """GISGRID_REPORT_LIMIT per user: the report's own statement counts the attempt; past the
+    limit the answer is 429 with Retry-After and the rate-limit headers, and nothing is written.
+    Another user's quota is their own."""
+    from gisgrid.web import create_app
+
+    settings = app.extensions["gisgrid"]["settings"]
+    limited = create_app({"database_url": settings.database_url, "home": settings.home,
+                          "report_limit": "3 per minute"})
+    try:
+        with limited.extensions["gisgrid"]["sessions"]() as s:
+            s.execute(text("DELETE FROM rate_limit WHERE key LIKE 'report:%'"))
+            s.commit()
+        worker, other = login_as(limited, "gridworker"), login_as(limited, "commander")
+        before = count(app)
+        answers = [file_report(worker, g) for _ in range(5)]
+        assert [r.status_code for r in answers] == [201, 201, 201, 429, 429]
+        assert [r.headers["X-RateLimit-Remaining"] for r in answers[:3]] == ["2", "1", "0"]
+        assert all(r.headers["X-RateLimit-Limit"] == "3" for r in answers)
+        refused = answers[3]
+        assert refused.json["error"] == "Exceeded" and "at most 3 reports per 60 s" in refused.json["message"]
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert count(app) == before + 3
+        key = str(uuid.uuid4())
+        assert post(worker, "/api/incidents", {"category": "sanitation", "lon": g["lon"], "lat": g["lat"]},
+                    headers={"Idempotency-Key": key}).status_code == 429
+        assert count(app, "idempotency_key = :k", k=key) == 0
+        assert file_report(other, g).status_code == 201
+    finally:
+        limited.extensions["gisgrid"]["engine"].dispose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from datetime import datetime
 
 from sqlalchemy import (Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, String, Text,
@@ -187,11 +188,16 @@ def set_category(session, actor: str, code: str, *, district_code: str | None, n
 
 def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", description="", address=None,
            source="patrol", reporter=None, accuracy_m=None, idempotency_key=None,
-           duplicate_metres: float = DUPLICATE_METRES, duplicate_hours: float = DUPLICATE_HOURS) -> tuple[dict, bool]:
+           duplicate_metres: float = DUPLICATE_METRES, duplicate_hours: float = DUPLICATE_HOURS,
+           quota=None) -> tuple[dict, bool]:
     """File a report: validate, insert once per idempotency key, link to its grid in the same
     transaction, route it (grid team, or the street/district centre when outside every grid),
     start its first deadline and history. Returns ``(incident, created)``; a retry with the
     same key returns the first incident and ``created=False``.
+
+    ``quota`` (a :class:`gisgrid.layers.rate_limits.Quota`): count this attempt against it in
+    the same statement, write nothing past it (raises ``rate_limits.Exceeded``, 429), and fill in
+    its count and window end.
     """
     from sqlalchemy import text
 
@@ -215,12 +221,20 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
             raise InvalidInput(f"accuracy_m must be between 0 and 100000, got {accuracy_m}", field="accuracy_m")
     p = point_to_storage(lon, lat, crs)
     crs = canonical(crs)        # gcj02, bd09 or EPSG:n, as stored in input_crs
-    row = session.execute(_report_statement(), {
+    row = session.execute(_report_statement(quota is not None), {
         "key": idempotency_key, "cat": category, "descr": description or "", "addr": address, "src": source,
         "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": p.x, "y": p.y, "actor": actor,
         "open": list(OPEN_STATES), "m": duplicate_metres, "s": duplicate_hours * 3600,
-    }).mappings().first()
-    if row is None:            # nothing written: a retry of a report already filed, or a bad category
+        **(quota.params() if quota is not None else {}),
+    }).mappings().one()
+    if quota is not None:
+        from gisgrid.layers import rate_limits
+
+        quota.count, quota.reset = row["quota_count"], float(row["quota_reset"])
+        if quota.count > quota.amount:
+            raise rate_limits.Exceeded(f"at most {quota.amount} reports per {quota.seconds} s; "
+                                       f"retry in {max(1, int(quota.reset - time.time()))} s", quota)
+    if row["code"] is None:    # nothing written: a retry of a report already filed, or a bad category
         found = idempotency_key and session.execute(
             text("SELECT code FROM incident WHERE idempotency_key = :k"), {"k": idempotency_key}).scalar()
         if found:
@@ -228,7 +242,7 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
         known = {c["code"] for c in categories(session)}
         raise UnknownReference(f"unknown category {category!r}; categories: {', '.join(sorted(known))}",
                                field="category")
-    out = _detail_out(row)
+    out = _detail_out({k: v for k, v in row.items() if not k.startswith("quota_")})
     out["possible_duplicates"] = out["possible_duplicates"] or []
     return out, True
 
@@ -251,35 +265,33 @@ def _duplicates_sql(point: str, at: str, exclude: str) -> str:
 
 
 @functools.cache
-def _report_statement():
+def _report_statement(quota: bool):
     """The statement of :func:`_report_sql`, built once (a text() parses its SQL each time it is
-    made) and on one line (psycopg caches the conversion of statements up to 4 KB only)."""
+    made), on one line."""
     from sqlalchemy import text
-    from sqlalchemy.dialects.postgresql import psycopg
 
-    statement = text(" ".join(_report_sql().split()))
-    if len(str(statement.compile(dialect=psycopg.dialect()))) > 4096:   # psycopg's MAX_CACHED_STATEMENT_LENGTH
-        import warnings
-        warnings.warn("the report statement is longer than psycopg caches: its conversion is redone per report",
-                      stacklevel=2)
-    return statement
+    return text(" ".join(_report_sql(quota).split()))
 
 
-def _report_sql() -> str:
+def _report_sql(quota: bool) -> str:
     """One statement files a report and answers it: where it is (the linking rule), its
     category's first deadline (the district's catalogue, else the default one), the incident,
     its link, its first event and its audit row; then the incident as :func:`detail` shows it,
-    with the possible duplicates. Nothing is written (and no row returned) when the idempotency
+    with the possible duplicates. Nothing is written (the incident's columns are NULL) when the idempotency
     key was used before or the category is not in the catalogue. (Data-modifying CTEs cannot see
     each other's rows, so the link and level are computed before the insert, and the answer is
-    built from what the inserts return, not read back from the tables.) Keep it under psycopg's
-    4 KB: :func:`_report_statement` says if it grows past."""
+    built from what the inserts return, not read back from the tables.) With ``quota``, the
+    statement first counts the attempt (``rate_limits.HIT_SQL``) and inserts only if allowed;
+    it always returns one row: the quota's count and window end, and the incident's columns
+    (NULL when nothing was written)."""
     from gisgrid.layers import staff
     from gisgrid.layers.linking import COLUMNS, LOCATE_SQL
+    from gisgrid.layers.rate_limits import HIT_SQL
 
     cols = ", ".join(COLUMNS)
     return f"""
-    WITH src AS (SELECT CAST(NULL AS integer) AS id, ST_SetSRID(ST_MakePoint(:x, :y), 4326) AS pt),
+    WITH {f"quota AS ({HIT_SQL})," if quota else ""}
+    src AS (SELECT CAST(NULL AS integer) AS id, ST_SetSRID(ST_MakePoint(:x, :y), 4326) AS pt),
     loc AS ({LOCATE_SQL}),
     cat AS (SELECT c.sla_hours FROM incident_category c, loc
             WHERE c.code = :cat AND c.active AND (c.district_code = loc.district_code OR c.district_code IS NULL)
@@ -293,6 +305,7 @@ def _report_sql() -> str:
                     ELSE 'district' END,
                now() + make_interval(hours => coalesce(CAST(cat.sla_hours ->> 'reported' AS integer), 2))
         FROM src, loc, cat, (SELECT nextval(pg_get_serial_sequence('incident', 'id')) AS id) n
+        {"WHERE (SELECT allowed FROM quota)" if quota else ""}
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING *),
     link AS (INSERT INTO incident_link (id, {cols}) SELECT ins.id, {", ".join("loc." + c for c in COLUMNS)}
@@ -304,13 +317,15 @@ def _report_sql() -> str:
                      jsonb_build_object('code', ins.code, 'category', ins.category, 'lon', ST_X(ins.geom),
                                         'lat', ST_Y(ins.geom), 'crs', ins.input_crs, 'source', ins.source)
               FROM ins)
+    SELECT {"q.count AS quota_count, q.reset AS quota_reset," if quota else ""} d.* FROM
+    {"quota" if quota else "(SELECT)"} q LEFT JOIN (
     {_DETAIL_COLUMNS},
            (SELECT json_agg(json_build_object('at', e.at, 'actor', e.actor, 'from_state', e.from_state,
                                               'to_state', e.to_state, 'note', e.note)) FROM event e) AS events,
            CAST('[]' AS json) AS photos, {staff.team_sql('l.grid_id')} AS team,
            {_duplicates_sql('i.geom', 'i.reported_at', 'i.id')} AS possible_duplicates
     FROM ins i CROSS JOIN loc l LEFT JOIN staff s ON s.id = i.assignee_id
-    LEFT JOIN incident m ON m.id = i.merged_into_id"""
+    LEFT JOIN incident m ON m.id = i.merged_into_id) d ON true"""
 
 
 _DETAIL_COLUMNS = (

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 
 import psycopg
 from sqlalchemy import Column, DateTime, Integer, String, Table
 
 from gisgrid.db.base import Base
+from gisgrid.errors import GisgridError
 
 rate_limit = Table(
     "rate_limit", Base.metadata,
@@ -58,3 +60,56 @@ def clear(conn: psycopg.Connection, key: str | None = None) -> int:
     if key is None:
         return conn.execute("DELETE FROM rate_limit").rowcount
     return conn.execute("DELETE FROM rate_limit WHERE key = %s", (key[:300],)).rowcount
+
+
+# -- a quota counted inside a write's own statement --------------------------------------------
+class Exceeded(GisgridError):
+    """Too many requests in the window: 429, with when to retry."""
+    status = 429
+
+    def __init__(self, message: str, quota: "Quota"):
+        super().__init__(message)
+        self.quota = quota
+
+
+@dataclass
+class Quota:
+    """``amount`` per ``seconds`` for ``key``. A write that is one statement (a field report)
+    counts its hit in that statement (:data:`HIT_SQL`) instead of in a round trip of its own;
+    ``count`` and ``reset`` (epoch seconds) are filled from the statement's answer."""
+    key: str
+    amount: int
+    seconds: int
+    count: int | None = None
+    reset: float | None = None
+
+    @classmethod
+    def parse(cls, key: str, limit: str) -> "Quota":
+        """From Flask-Limiter's syntax (``"120 per minute"``), parsed by the limits library."""
+        import limits
+
+        item = limits.parse(limit)
+        return cls(key[:300], item.amount, item.get_expiry())
+
+    def params(self) -> dict:
+        return {"qk": self.key, "qn": self.amount, "qs": self.seconds}
+
+    def headers(self) -> dict:
+        """The rate-limit headers Flask-Limiter sends for its own limits."""
+        reset = int(self.reset if self.reset is not None else time.time() + self.seconds)
+        out = {"X-RateLimit-Limit": str(self.amount),
+               "X-RateLimit-Remaining": str(max(0, self.amount - (self.count or 0))),
+               "X-RateLimit-Reset": str(reset)}
+        if self.count is not None and self.count > self.amount:
+            out["Retry-After"] = str(max(1, reset - int(time.time())))
+        return out
+
+
+#: a CTE body (name it ``quota``): one hit on the quota bound as :qk, :qn, :qs, as :data:`_INCR`
+#: does; its row has ``count``, ``allowed`` and ``reset`` (epoch seconds)
+HIT_SQL = (
+    "INSERT INTO rate_limit AS r (key, count, expires_at) VALUES (:qk, 1, now() + make_interval(secs => :qs)) "
+    "ON CONFLICT (key) DO UPDATE SET "
+    "count = CASE WHEN r.expires_at <= now() THEN 1 ELSE r.count + 1 END, "
+    "expires_at = CASE WHEN r.expires_at <= now() THEN EXCLUDED.expires_at ELSE r.expires_at END "
+    "RETURNING count, count <= :qn AS allowed, extract(epoch FROM expires_at) AS reset")

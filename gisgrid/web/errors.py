@@ -16,9 +16,12 @@ def _wants_json() -> bool:
 def register(app: Flask) -> None:
     @app.errorhandler(GisgridError)
     def _gisgrid(e: GisgridError):
+        from gisgrid.layers.rate_limits import Exceeded
+
+        headers = e.quota.headers() if isinstance(e, Exceeded) else {}
         if _wants_json():
-            return jsonify(e.to_dict()), e.status
-        return f"<h1>{e.status}</h1><p>{e}</p>", e.status
+            return jsonify(e.to_dict()), e.status, headers
+        return f"<h1>{e.status}</h1><p>{e}</p>", e.status, headers
 
     @app.errorhandler(DataError)
     def _bad_value(e):

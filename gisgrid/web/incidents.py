@@ -5,9 +5,9 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from gisgrid import authz, workflow
 from gisgrid.errors import InvalidInput, NotFound
-from gisgrid.layers import incidents, photos
+from gisgrid.layers import incidents, photos, rate_limits
 from gisgrid.web import db, openapi, settings
-from gisgrid.web.auth import check_pagination, limiter, needs, principal
+from gisgrid.web.auth import check_pagination, needs, principal
 
 bp = Blueprint("incidents", __name__, url_prefix="/api")
 REPORT_FIELDS = {"category", "lon", "lat", "crs", "description", "address", "source", "reporter", "accuracy_m",
@@ -123,7 +123,6 @@ def category_set(code):
 
 @bp.post("/incidents")
 @needs("report")
-@limiter.limit(_report_limit, key_func=_caller_key)
 def report():
     """File a report from the field. Retries with the same ``Idempotency-Key`` header (or
     ``client_uuid``) return the first report, never a duplicate.
@@ -166,14 +165,15 @@ def report():
     if missing:
         raise InvalidInput(f"missing required field(s): {', '.join(missing)}", field=missing[0])
     key = request.headers.get("Idempotency-Key") or body.get("client_uuid")
-    s = db(autocommit=True)         # a report is one statement (incidents.report)
+    s = db(autocommit=True)         # a report is one statement (incidents.report), its quota hit included
+    quota = rate_limits.Quota.parse(f"report:{principal().username}", current_app.config["GISGRID_REPORT_LIMIT"])
     out, created = incidents.report(
         s, principal().username, category=body["category"], lon=body["lon"], lat=body["lat"],
         crs=body.get("crs", "EPSG:4326"), description=body.get("description", ""), address=body.get("address"),
         source=body.get("source", "patrol"), reporter=body.get("reporter"), accuracy_m=body.get("accuracy_m"),
         idempotency_key=key, duplicate_metres=settings().duplicate_metres,
-        duplicate_hours=settings().duplicate_hours)
-    return jsonify(out), (201 if created else 200)
+        duplicate_hours=settings().duplicate_hours, quota=quota)
+    return jsonify(out), (201 if created else 200), quota.headers()
 
 
 @bp.get("/incidents")
