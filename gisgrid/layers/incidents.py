@@ -242,8 +242,12 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
         known = {c["code"] for c in categories(session)}
         raise UnknownReference(f"unknown category {category!r}; categories: {', '.join(sorted(known))}",
                                field="category")
-    out = _detail_out({k: v for k, v in row.items() if not k.startswith("quota_")})
-    out["possible_duplicates"] = out["possible_duplicates"] or []
+    # the columns detail() reads, from what the insert returned (a new incident has no assignee,
+    # no merge, no photos, and its first deadline is ahead; its point is the one stored)
+    new = {k: row[k] for k in _NEW_COLUMNS}
+    new.update(lon=p.x, lat=p.y, assignee=None, assignee_name=None, merged_into=None, overdue=False, photos=[])
+    out = _detail_out(new)
+    out["possible_duplicates"] = row["possible_duplicates"] or []
     return out, True
 
 
@@ -276,8 +280,8 @@ def _report_statement(quota: bool):
 def _report_sql(quota: bool) -> str:
     """One statement files a report and answers it: where it is (the linking rule), its
     category's first deadline (the district's catalogue, else the default one), the incident,
-    its link, its first event and its audit row; then the incident as :func:`detail` shows it,
-    with the possible duplicates. Nothing is written (the incident's columns are NULL) when the idempotency
+    its link, its first event and its audit row; then what :func:`detail` would read of it
+    (:data:`_NEW_COLUMNS`), with the possible duplicates. Nothing is written (the incident's columns are NULL) when the idempotency
     key was used before or the category is not in the catalogue. (Data-modifying CTEs cannot see
     each other's rows, so the link and level are computed before the insert, and the answer is
     built from what the inserts return, not read back from the tables.) With ``quota``, the
@@ -317,17 +321,19 @@ def _report_sql(quota: bool) -> str:
                      jsonb_build_object('code', ins.code, 'category', ins.category, 'lon', ST_X(ins.geom),
                                         'lat', ST_Y(ins.geom), 'crs', ins.input_crs, 'source', ins.source)
               FROM ins)
-    SELECT {"q.count AS quota_count, q.reset AS quota_reset," if quota else ""} d.* FROM
-    {"quota" if quota else "(SELECT)"} q LEFT JOIN (
-    {_DETAIL_COLUMNS},
+    SELECT {"q.count AS quota_count, q.reset AS quota_reset," if quota else ""} i.*, {", ".join("l." + c for c in COLUMNS)},
            (SELECT json_agg(json_build_object('at', e.at, 'actor', e.actor, 'from_state', e.from_state,
                                               'to_state', e.to_state, 'note', e.note)) FROM event e) AS events,
-           CAST('[]' AS json) AS photos, {staff.team_sql('l.grid_id')} AS team,
+           {staff.team_sql('l.grid_id')} AS team,
            {_duplicates_sql('i.geom', 'i.reported_at', 'i.id')} AS possible_duplicates
-    FROM ins i CROSS JOIN loc l LEFT JOIN staff s ON s.id = i.assignee_id
-    LEFT JOIN incident m ON m.id = i.merged_into_id) d ON true"""
+    FROM {"quota" if quota else "(SELECT)"} q LEFT JOIN (ins i CROSS JOIN loc l) ON true"""
 
 
+#: what a report's statement answers with that detail() shows as is
+_NEW_COLUMNS = ("id", "code", "category", "description", "address", "source", "reporter", "state", "level",
+                "accuracy_m", "input_crs", "reported_at", "updated_at", "deadline", "closed_at", "satisfaction",
+                "evaluation_comment", "grid_id", "grid_code", "community_code", "street_code", "district_code",
+                "events", "team")
 _DETAIL_COLUMNS = (
     "SELECT i.id, i.code, i.category, i.description, i.address, i.source, i.reporter, i.state, i.level, "
     "i.accuracy_m, i.input_crs, i.reported_at, i.updated_at, i.deadline, i.closed_at, i.satisfaction, "
