@@ -170,6 +170,7 @@ def _cache():
 
 
 def _from_bearer(db) -> authz.Principal | None:
+    """``db``: a callable giving the request's session, called only when the token is not remembered."""
     token = _open311_api_key()
     if token is None:
         header = request.headers.get("Authorization", "")
@@ -184,11 +185,12 @@ def _from_bearer(db) -> authz.Principal | None:
     if hit is not None and (hit[1] is None or hit[1] > datetime.now(timezone.utc)):
         return hit[0]
     generation = cache.generation()
-    found = users.principal_for_token(db, token)
+    s = db()
+    found = users.principal_for_token(s, token)
     if found is None:
         raise authz.Unauthenticated("the API token is unknown, revoked or expired")
-    if db.dirty:
-        db.commit()   # last_used_at, when it was due
+    if s.dirty:
+        s.commit()   # last_used_at, when it was due
     cache.put(key, found, generation)
     return found[0]
 
@@ -201,7 +203,7 @@ def _from_session(db) -> authz.Principal | None:
     hit = cache.get(key)
     if hit is None:
         generation = cache.generation()
-        user = db.get(users.User, uid)
+        user = db().get(users.User, uid)
         hit = (user.principal(), user.session_version) if user is not None and user.active else (None, None)
         cache.put(key, hit, generation)
     principal, version = hit
@@ -221,7 +223,7 @@ def load_principal():
     if not hasattr(view, "_gisgrid_action"):
         raise NoAccessRule(f"endpoint {request.endpoint!r} declares no access rule")
     g.via_token = bool(request.headers.get("Authorization") or _open311_api_key())
-    g.principal = _from_bearer(db()) if g.via_token else _from_session(db())
+    g.principal = _from_bearer(db) if g.via_token else _from_session(db)   # db(): only when not remembered
     action = view._gisgrid_action
     if action is not None:
         if g.principal is None and not request.path.startswith(("/api/", "/tiles/", "/open311/")):
