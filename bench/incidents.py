@@ -376,6 +376,43 @@ def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None):
         logfh.close()
 
 
+def run_bare_stack(args, points, cats, run_id):
+    """bench/bare_stack.py under gunicorn with gisgrid serve's worker settings, the same clients
+    posting the same bodies: (acknowledged, seconds, CPU line)."""
+    from gisgrid import config
+
+    settings = config.load()
+    workers = settings.workers or (os.cpu_count() or 1) + 1
+    port = free_port()
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    proc = subprocess.Popen([gunicorn, "-w", str(workers), "-k", "gthread", "--threads", str(settings.threads),
+                             "-b", f"127.0.0.1:{port}", "--keep-alive", "5", "--log-level", "warning",
+                             "--chdir", str(Path(__file__).parent), "bare_stack:app"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        t0 = time.perf_counter()
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.perf_counter() - t0 > 30:
+                    sys.exit("the bare Flask + gunicorn server did not start")
+                time.sleep(0.2)
+        out, errors = [], collections.Counter()
+        start_at = time.perf_counter() + 0.5
+        stop_at = start_at + args.seconds
+        clients = [field_client(i, "-", base + "/api/incidents", start_at, stop_at, run_id, points, cats, out, errors,
+                                args.timeout) for i in range(args.clients)]
+        c0, c1 = run_clients(clients, start_at, CpuMeter(proc.pid, None))
+        ok = [r for r in out if r.status == 201]
+        return len(ok), c1[3] - start_at, [r.done_ms for r in ok], CpuMeter.line(c0, c1), workers, settings.threads
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(15)
+
+
 def check_gisgrid(conn, results, run_id) -> dict:
     rows = conn.execute(
         "SELECT i.idempotency_key, i.code, i.description, "
@@ -542,6 +579,8 @@ def main() -> None:
     ap.add_argument("--ceiling", type=float, default=10.0, metavar="S",
                     help="after the reports, S seconds of GET /healthz as the server stack's reference (0: skip)")
     ap.add_argument("--no-floor", action="store_true", help="skip the psycopg floor")
+    ap.add_argument("--no-bare-stack", dest="bare_stack", action="store_false",
+                    help="skip the bare Flask + gunicorn reference")
     ap.add_argument("--keep-db", action="store_true", help="leave the cluster running at the end")
     args = ap.parse_args()
     if args.smoke:
@@ -605,6 +644,12 @@ def main() -> None:
             log(f"  reference, same server and clients, GET /healthz for {args.ceiling:g} s (no auth, one SELECT 1): "
                 f"{ceiling[0]:.0f} requests/s, p50 {ceiling[1]:.1f} ms, p95 {ceiling[2]:.1f} ms; {ceiling[3]}")
 
+        if args.bare_stack:
+            n, secs, lat, cpu, w, t = run_bare_stack(args, points, cats, run_id)
+            bare = n / secs
+            log(f"\nreference: the web stack alone (bench/bare_stack.py: Flask parses the body and echoes it, no "
+                f"database; gunicorn {w} workers × {t} threads, the same clients): {bare:.1f} requests/s, "
+                f"p50 {pct(lat, 50):.1f} ms, p95 {pct(lat, 95):.1f} ms; {cpu}")
         if args.no_floor:
             return
         log(f"\nfloor: psycopg, {args.clients} threads, one autocommit connection each; per report one transaction "
@@ -623,6 +668,10 @@ def main() -> None:
         log(f"{'floor (psycopg SQL)':24s} {f_tput:10.1f} {pct(flat, 50):8.1f} {pct(flat, 95):8.1f}")
         log(f"{'gisgrid / floor':24s} {g_tput / f_tput:9.2f}× {pct(done, 50) / pct(flat, 50):7.2f}× "
             f"{pct(done, 95) / pct(flat, 95):7.2f}×")
+        if args.bare_stack:
+            log(f"{'bare stack (no database)':24s} {bare:10.1f} {pct(lat, 50):8.1f} {pct(lat, 95):8.1f}")
+            log(f"{'bare stack / floor':24s} {bare / f_tput:9.2f}×   (the most a Flask + gunicorn view reaches here)")
+            log(f"{'gisgrid / bare stack':24s} {g_tput / bare:9.2f}×")
         p95 = pct(done, 95)
         log(f"\ngisgrid vs goals ({args.clients} clients × {args.seconds:g} s):")
         log(f"  p95 {p95:.0f} ms (goal < 100 ms) – {'met' if p95 < 100 else 'NOT met'}")

@@ -85,13 +85,14 @@ def test_report_answer_is_the_incident_as_read_back(worker, g):
     """The report's answer is built inside the inserting statement; it must say what a read of
     the stored incident says, field for field (plus the possible duplicates)."""
     first = file_report(worker, g, address="测试路1号", accuracy_m=3.5)
-    made = file_report(worker, g, address="测试路1号", accuracy_m=3.5)
-    assert made.status_code == 201
-    answer = made.json
-    stored = worker.get(f"/api/incidents/{answer['code']}").json
-    assert first.json["code"] in [d["code"] for d in answer.pop("possible_duplicates")]
-    assert set(answer) == set(stored)
-    assert answer == stored
+    for _ in range(8):       # timestamps of every sub-second shape (the database trims trailing zeros)
+        made = file_report(worker, g, address="测试路1号", accuracy_m=3.5)
+        assert made.status_code == 201
+        answer = made.json
+        stored = worker.get(f"/api/incidents/{answer['code']}").json
+        assert first.json["code"] in [d["code"] for d in answer.pop("possible_duplicates")]
+        assert set(answer) == set(stored)
+        assert answer == stored
 
 
 def test_the_districts_own_catalogue_sets_the_first_deadline(app, worker, g):

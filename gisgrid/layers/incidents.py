@@ -234,7 +234,10 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
         if quota.count > quota.amount:
             raise rate_limits.Exceeded(f"at most {quota.amount} reports per {quota.seconds} s; "
                                        f"retry in {max(1, int(quota.reset - time.time()))} s", quota)
-    if row["code"] is None:    # nothing written: a retry of a report already filed, or a bad category
+    # the columns detail() reads, from what the insert returned as JSON (one column each: fewer
+    # result columns for the driver to describe; a new incident has no assignee, no merge, no
+    # photos, and its first deadline is ahead; its point is the one stored)
+    if row["i"] is None:       # nothing written: a retry of a report already filed, or a bad category
         found = idempotency_key and session.execute(
             text("SELECT code FROM incident WHERE idempotency_key = :k"), {"k": idempotency_key}).scalar()
         if found:
@@ -242,9 +245,10 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
         known = {c["code"] for c in categories(session)}
         raise UnknownReference(f"unknown category {category!r}; categories: {', '.join(sorted(known))}",
                                field="category")
-    # the columns detail() reads, from what the insert returned (a new incident has no assignee,
-    # no merge, no photos, and its first deadline is ahead; its point is the one stored)
-    new = {k: row[k] for k in _NEW_COLUMNS}
+    both = {**row["i"], **row["l"], "events": row["events"], "team": row["team"]}
+    new = {k: both[k] for k in _NEW_COLUMNS}
+    for k in ("reported_at", "updated_at", "deadline", "closed_at"):   # JSON text → the datetimes detail() has
+        new[k] = datetime.fromisoformat(new[k]) if new[k] else None
     new.update(lon=p.x, lat=p.y, assignee=None, assignee_name=None, merged_into=None, overdue=False, photos=[])
     out = _detail_out(new)
     out["possible_duplicates"] = row["possible_duplicates"] or []
@@ -321,7 +325,7 @@ def _report_sql(quota: bool) -> str:
                      jsonb_build_object('code', ins.code, 'category', ins.category, 'lon', ST_X(ins.geom),
                                         'lat', ST_Y(ins.geom), 'crs', ins.input_crs, 'source', ins.source)
               FROM ins)
-    SELECT {"q.count AS quota_count, q.reset AS quota_reset," if quota else ""} i.*, {", ".join("l." + c for c in COLUMNS)},
+    SELECT {"q.count AS quota_count, q.reset AS quota_reset," if quota else ""} to_json(i) AS i, to_json(l) AS l,
            (SELECT json_agg(json_build_object('at', e.at, 'actor', e.actor, 'from_state', e.from_state,
                                               'to_state', e.to_state, 'note', e.note)) FROM event e) AS events,
            {staff.team_sql('l.grid_id')} AS team,
