@@ -58,8 +58,9 @@ def test_limits_are_shared_by_the_worker_processes(demo_url):
             kill(p, signal.SIGTERM)
 
 
-@pytest.fixture
-def field_token(demo_url):
+def field_user(demo_url: str, prefix: str, scopes: list[str], tokens: int = 1):
+    """A new field account of the demo district with ``tokens`` API tokens: (username, [(token,
+    token id)], a point inside the first grid)."""
     from gisgrid.db.engine import make_engine, make_sessionmaker
     from gisgrid.layers import users
 
@@ -67,14 +68,20 @@ def field_token(demo_url):
     try:
         with make_sessionmaker(eng)() as s:
             district = s.execute(text("SELECT code FROM admin_area WHERE level = 'district'")).scalar()
-            name = f"burst-{uuid.uuid4().hex[:8]}"
-            u = users.add(s, name, "field", [district], "burst-password-1")
-            token, _ = users.create_token(s, u, "burst", ["report", "read"])
-            lon, lat = s.execute(text("SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(geom) AS p FROM grid "
-                                      "WHERE valid_to IS NULL ORDER BY code LIMIT 1) x")).one()
+            name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+            u = users.add(s, name, "field", [district], f"{prefix}-password-1")
+            made = [users.create_token(s, u, f"{prefix}{i}", scopes) for i in range(tokens)]
+            point = s.execute(text("SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(geom) AS p FROM grid "
+                                   "WHERE valid_to IS NULL ORDER BY code LIMIT 1) x")).one()
             s.commit()
+            return name, [(plain, row.id) for plain, row in made], tuple(point)
     finally:
         eng.dispose()
+
+
+@pytest.fixture
+def field_token(demo_url):
+    _, [(token, _)], (lon, lat) = field_user(demo_url, "burst", ["report", "read"])
     return token, lon, lat
 
 
@@ -164,21 +171,9 @@ def test_workers_remember_a_token_and_forget_it_when_revoked_or_disabled(demo_ur
     made by another process (the CLI) is refused at once after it commits: no time-to-live."""
     import psycopg
 
-    from gisgrid.db.engine import make_engine, make_sessionmaker
-    from gisgrid.layers import users
     from test_cli_accounts import run
 
-    eng = make_engine(demo_url)
-    try:
-        with make_sessionmaker(eng)() as s:
-            district = s.execute(text("SELECT code FROM admin_area WHERE level = 'district'")).scalar()
-            name = f"cache-{uuid.uuid4().hex[:8]}"
-            u = users.add(s, name, "field", [district], "cache-password-1")
-            tokens = [users.create_token(s, u, f"t{i}", ["read"]) for i in range(2)]
-            s.commit()
-            token_ids = [row.id for _, row in tokens]
-    finally:
-        eng.dispose()
+    name, tokens, _ = field_user(demo_url, "cache", ["read"], tokens=2)
     port = free_port()
     proc = start(demo_url, port, GISGRID_WORKERS="1")
 
@@ -201,7 +196,7 @@ def test_workers_remember_a_token_and_forget_it_when_revoked_or_disabled(demo_ur
         return seen
 
     try:
-        first, second = tokens[0][0], tokens[1][0]
+        (first, first_id), (second, _) = tokens
         deadline = time.monotonic() + 10       # the worker's listener connects after the worker starts
         while status(first) == 200 and time.monotonic() < deadline:
             with psycopg.connect(demo_url.replace("+psycopg", "")) as locker:
@@ -213,7 +208,7 @@ def test_workers_remember_a_token_and_forget_it_when_revoked_or_disabled(demo_ur
                     pass                    # not remembered yet (listener not up): the request waited
         else:
             raise AssertionError("a known token was never answered without reading api_token")
-        r = run(demo_url, "user", "token", "revoke", str(token_ids[0]))
+        r = run(demo_url, "user", "token", "revoke", str(first_id))
         assert r.returncode == 0, r.stderr
         assert refused_soon(first)[-1] == 401
         assert status(second) == 200
