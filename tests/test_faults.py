@@ -40,6 +40,11 @@ def test_database_restart(own_cluster):
     h = {"Authorization": f"Bearer {plain}"}
     assert c.get("/api/me", headers=h).status_code == 200
     assert c.get("/healthz").status_code == 200
+    import re
+
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', c.get("/login").data).group(1).decode()
+    login = {"username": "nobody", "password": "wrong-password", "csrf_token": token}
+    assert c.post("/login", data=login).status_code == 401    # a rate-limit counter connection now exists
 
     own_cluster.stop()
     t0 = time.monotonic()
@@ -48,7 +53,11 @@ def test_database_restart(own_cluster):
     assert c.get("/healthz").status_code == 503
     assert time.monotonic() - t0 < 15          # fails fast, does not hang
 
+    assert c.post("/login", data=login).status_code == 503
+
     own_cluster.start()
     assert c.get("/api/me", headers=h).status_code == 200   # pool_pre_ping reconnects
+    # the counters' connection died with the database: replaced on the next hit, not a 500
+    assert c.post("/login", data=login).status_code == 401
     assert c.get("/healthz").json == {"ok": True}
     app.extensions["gisgrid"]["engine"].dispose()

@@ -45,8 +45,19 @@ class SharedCounters(Storage):
     def base_exceptions(self):
         return psycopg.Error
 
-    def _conn(self):
-        return _Using(current_app.extensions["gisgrid"]["counter_connections"].get())
+    def _run(self, work):
+        """``work(connection)`` on this thread's counter connection. A connection found dead
+        (the database restarted since it was made) is replaced and the work tried once more;
+        a second failure propagates (503, as any unreachable database)."""
+        conns = current_app.extensions["gisgrid"]["counter_connections"]
+        for attempt in (1, 2):
+            conn = conns.get()
+            try:
+                return work(conn)
+            except psycopg.OperationalError:
+                conn.close()
+                if attempt == 2:
+                    raise
 
     def _seen(self) -> dict:
         if "rate_windows" not in g:
@@ -54,34 +65,28 @@ class SharedCounters(Storage):
         return g.rate_windows
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        with self._conn() as c:
-            count, ends = rate_limits.incr(c, key, expiry, amount)
+        count, ends = self._run(lambda c: rate_limits.incr(c, key, expiry, amount))
         self._seen()[key] = (count, ends)
         return count
 
     def get(self, key: str) -> int:
         if key in self._seen():
             return self._seen()[key][0]
-        with self._conn() as c:
-            return rate_limits.get(c, key)
+        return self._run(lambda c: rate_limits.get(c, key))
 
     def get_expiry(self, key: str) -> float:
         if key in self._seen():
             return self._seen()[key][1]
-        with self._conn() as c:
-            return rate_limits.expiry(c, key)
+        return self._run(lambda c: rate_limits.expiry(c, key))
 
     def check(self) -> bool:
-        with self._conn() as c:
-            return c.execute("SELECT true").fetchone()[0]
+        return self._run(lambda c: c.execute("SELECT true").fetchone()[0])
 
     def reset(self) -> int | None:
-        with self._conn() as c:
-            return rate_limits.clear(c)
+        return self._run(rate_limits.clear)
 
     def clear(self, key: str) -> None:
-        with self._conn() as c:
-            rate_limits.clear(c, key)
+        self._run(lambda c: rate_limits.clear(c, key))
 
 
 class CounterConnections:
@@ -111,21 +116,6 @@ class CounterConnections:
             conns, self._all = self._all, []
         for c in conns:
             c.close()
-
-
-class _Using:
-    """``with`` a counter connection: on a database error, close it (the next hit reconnects)."""
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def __enter__(self):
-        return self.conn
-
-    def __exit__(self, kind, exc, tb):
-        if exc is not None and isinstance(exc, psycopg.Error):
-            self.conn.close()
-        return False
 
 
 limiter = Limiter(key_func=get_remote_address, storage_uri="gisgrid://", default_limits=[],

@@ -1,6 +1,7 @@
 """Errors → HTTP in one place: JSON for the API, a short HTML page for pages."""
 from __future__ import annotations
 
+import psycopg
 from flask import Flask, jsonify, request
 from sqlalchemy.exc import DataError, OperationalError
 from flask_wtf.csrf import CSRFError
@@ -34,6 +35,7 @@ def register(app: Flask) -> None:
         return (jsonify(body), 400) if _wants_json() else (f"<p>{body['message']}</p>", 400)
 
     @app.errorhandler(OperationalError)
+    @app.errorhandler(psycopg.OperationalError)      # the rate-limit counters' own connections
     def _db_down(e):
         body = {"error": "DatabaseUnavailable", "message": "the database did not answer in time; retry shortly"}
         return (jsonify(body), 503) if _wants_json() else (f"<p>{body['message']}</p>", 503)
