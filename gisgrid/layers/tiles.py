@@ -117,6 +117,11 @@ class Filters:
         return "|".join((self.since.isoformat() if self.since else "", self.until.isoformat() if self.until else "",
                          ",".join(self.categories), ",".join(self.states), self.figures))
 
+    def tallied(self) -> bool:
+        """No time range, category or state: the figures come from the incident tally
+        (:mod:`gisgrid.layers.tallies`) instead of the incidents themselves."""
+        return not (self.since or self.until or self.categories or self.states)
+
     def sql(self, alias: str = "i") -> tuple[str, dict]:
         """The condition on incidents ``alias`` and its parameters."""
         conds, params = ["TRUE"], {}
@@ -301,6 +306,8 @@ _COMMUNITIES_IN_TILE = f"SELECT k.code FROM admin_area k WHERE k.level = 'commun
 
 
 def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
+    if filters.tallied():
+        return _grids_tallied(tile, principal, filters)
     fsql, fparams = filters.sql("i")
     counts, only, out = _figures(filters)
     fsql += only
@@ -308,9 +315,7 @@ def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
         scope, sp = authz.scope_sql(principal, "g", grid_col="code")
         inner = (
             f"SELECT g.id AS fid, g.code, g.name, 'grid' AS level, coalesce(b.households, 0) AS households, "
-            f"{out}, {_geom('g.geom')} AS geom FROM env, grid g "
-            "LEFT JOIN LATERAL (SELECT sum(b.households)::int AS households FROM building_link k "
-            "JOIN building b ON b.id = k.id WHERE k.grid_id = g.id) b ON true "
+            f"{out}, {_geom('g.geom')} AS geom FROM env, grid g {_HOUSEHOLDS_OF_GRID}"
             f"LEFT JOIN LATERAL (SELECT {counts} FROM incident_link l JOIN incident i ON i.id = l.id "
             f"WHERE l.grid_id = g.id AND {fsql}) c ON true "
             f"WHERE g.valid_to IS NULL AND g.geom && {_BOX} AND {scope} ORDER BY g.id LIMIT {MAX_FEATURES}")
@@ -319,20 +324,99 @@ def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
     # may see inside them (a field worker's community holds only their grid's figures).
     area, ap = authz.admin_area_sql(principal, "a")
     bscope, bp = authz.scope_sql(principal, "k")
+    gscope, gp = authz.scope_sql(principal, "g", grid_col="code")
     iscope, ip = authz.scope_sql(principal, "l")
     inner = (
         f"SELECT a.id AS fid, a.code, a.name, 'community' AS level, coalesce(b.households, 0) AS households, "
-        f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a "
+        f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a {_households_of_communities(gscope, bscope)}"
         # one grouped pass over the records of the communities in the tile (whole communities,
         # also where they reach beyond it), not a probe per community
-        "LEFT JOIN (SELECT k.community_code, sum(b.households)::int AS households FROM building_link k "
-        f"JOIN building b ON b.id = k.id WHERE k.community_code IN ({_COMMUNITIES_IN_TILE}) AND {bscope} "
-        "GROUP BY 1) b ON b.community_code = a.code "
         f"LEFT JOIN (SELECT l.community_code, {counts} FROM incident_link l JOIN incident i ON i.id = l.id "
         f"WHERE l.community_code IN ({_COMMUNITIES_IN_TILE}) AND {iscope} AND {fsql} GROUP BY 1) c "
         "ON c.community_code = a.code "
         f"WHERE a.level = 'community' AND a.geom && {_BOX} AND {area} ORDER BY a.id LIMIT {MAX_FEATURES}")
-    return _mvt("grids", inner), {**ap, **bp, **ip, **fparams}
+    return _mvt("grids", inner), {**ap, **bp, **gp, **ip, **fparams}
+
+
+# households from the building tally (gisgrid.layers.tallies): a grid's own rows
+_HOUSEHOLDS_OF_GRID = ("LEFT JOIN LATERAL (SELECT sum(t.households)::int AS households FROM building_tally t "
+                       "WHERE t.grid_id = g.id) b ON true ")
+
+
+def _households_of_communities(gscope: str, kscope: str) -> str:
+    """Households of the communities in the tile that the caller may see: the tally of their
+    grids and the few buildings outside every grid."""
+    return ("LEFT JOIN (SELECT community_code, sum(households)::int AS households FROM ("
+            "SELECT g.community_code, sum(t.households) AS households FROM grid g JOIN building_tally t ON t.grid_id = g.id "
+            f"WHERE g.community_code IN ({_COMMUNITIES_IN_TILE}) AND {gscope} GROUP BY 1 "
+            "UNION ALL SELECT k.community_code, sum(b.households) FROM building_link k JOIN building b ON b.id = k.id "
+            f"WHERE k.grid_id IS NULL AND k.community_code IN ({_COMMUNITIES_IN_TILE}) AND {kscope} GROUP BY 1) h "
+            "GROUP BY 1) b ON b.community_code = a.code ")
+
+
+# -- from the incident tally (gisgrid.layers.tallies): unfiltered views -------------------------
+_OPEN_LIST = ", ".join(f"'{s}'" for s in incidents.OPEN_STATES)
+#: open incidents whose deadline is still ahead (``ix_incident_open_deadline``), by ``key``
+_NOT_DUE = ("SELECT {key}, count(*)::int AS n FROM incident i JOIN incident_link l ON l.id = i.id "
+            f"WHERE i.state IN ({_OPEN_LIST}) AND i.deadline >= now() AND {{where}} GROUP BY 1")
+#: closed incidents with a rejection (``ix_incident_event_rejected``): closed, not resolved
+_REJECTED = ("SELECT {key}, count(DISTINCT i.id)::int AS n FROM incident_event e JOIN incident i ON i.id = e.incident_id "
+             "JOIN incident_link l ON l.id = i.id WHERE e.note LIKE '[reject]%' AND i.state = 'closed' "
+             "AND i.merged_into_id IS NULL AND {where} GROUP BY 1")
+_OPEN_SUM = " + ".join(f"t.{s}" for s in incidents.OPEN_STATES)
+#: figures of tally rows ``t`` (received, open, due, closed and not merged)
+_TALLY_FIGURES = (f"sum(t.n)::int AS received, sum({_OPEN_SUM})::int AS open, sum(t.due)::int AS due, "
+                  "sum(t.closed - t.merged)::int AS closed_unmerged")
+#: the same figures of raw incidents ``i`` (those outside every grid)
+_RAW_FIGURES = (f"count(*)::int AS received, count(*) FILTER (WHERE {_OPEN})::int AS open, "
+                f"count(*) FILTER (WHERE {_OPEN} AND i.deadline IS NOT NULL)::int AS due, "
+                "count(*) FILTER (WHERE i.state = 'closed' AND i.merged_into_id IS NULL)::int AS closed_unmerged")
+
+
+def _tallied_out(filters: Filters) -> str:
+    overdue = "coalesce(c.due, 0) - coalesce(d.n, 0) AS overdue"
+    if filters.figures == "open":
+        return f"coalesce(c.open, 0) AS open, {overdue}"
+    return (f"coalesce(c.received, 0) AS received, coalesce(c.open, 0) AS open, {overdue}, "
+            "coalesce(c.closed_unmerged, 0) - coalesce(r.n, 0) AS resolved")
+
+
+def _grids_tallied(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
+    """The grid layer without filters: the figures from the tally, overdue and rejections beside it."""
+    out = _tallied_out(filters)
+    rejected = filters.figures == "all"
+    if tile.z >= LAYERS["grids"].points_from:
+        scope, sp = authz.scope_sql(principal, "g", grid_col="code")
+        grids_in_tile = f"SELECT g.id FROM grid g WHERE g.valid_to IS NULL AND g.geom && {_BOX} AND {scope}"
+        where = f"l.grid_id IN ({grids_in_tile})"
+        inner = (
+            f"SELECT g.id AS fid, g.code, g.name, 'grid' AS level, coalesce(b.households, 0) AS households, "
+            f"{out}, {_geom('g.geom')} AS geom FROM env, grid g {_HOUSEHOLDS_OF_GRID}"
+            f"LEFT JOIN LATERAL (SELECT {_TALLY_FIGURES} FROM incident_tally t WHERE t.grid_id = g.id) c ON true "
+            f"LEFT JOIN ({_NOT_DUE.format(key='l.grid_id', where=where)}) d ON d.grid_id = g.id "
+            + (f"LEFT JOIN ({_REJECTED.format(key='l.grid_id', where=where)}) r ON r.grid_id = g.id " if rejected else "")
+            + f"WHERE g.valid_to IS NULL AND g.geom && {_BOX} AND {scope} ORDER BY g.id LIMIT {MAX_FEATURES}")
+        return _mvt("grids", inner), sp
+    area, ap = authz.admin_area_sql(principal, "a")
+    bscope, bp = authz.scope_sql(principal, "k")
+    gscope, gp = authz.scope_sql(principal, "g", grid_col="code")
+    iscope, ip = authz.scope_sql(principal, "l")
+    where = f"l.community_code IN ({_COMMUNITIES_IN_TILE}) AND {iscope}"
+    inner = (
+        f"SELECT a.id AS fid, a.code, a.name, 'community' AS level, coalesce(b.households, 0) AS households, "
+        f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a {_households_of_communities(gscope, bscope)}"
+        # the tally of the grids of the communities in the tile, and the few incidents outside every grid
+        "LEFT JOIN (SELECT community_code, sum(received)::int AS received, sum(open)::int AS open, sum(due)::int AS due, "
+        "sum(closed_unmerged)::int AS closed_unmerged FROM ("
+        f"SELECT g.community_code, {_TALLY_FIGURES} FROM grid g JOIN incident_tally t ON t.grid_id = g.id "
+        f"WHERE g.community_code IN ({_COMMUNITIES_IN_TILE}) AND {gscope} GROUP BY 1 "
+        f"UNION ALL SELECT l.community_code, {_RAW_FIGURES} FROM incident_link l JOIN incident i ON i.id = l.id "
+        f"WHERE l.grid_id IS NULL AND {where} GROUP BY 1) u GROUP BY 1) c ON c.community_code = a.code "
+        f"LEFT JOIN ({_NOT_DUE.format(key='l.community_code', where=where)}) d ON d.community_code = a.code "
+        + (f"LEFT JOIN ({_REJECTED.format(key='l.community_code', where=where)}) r ON r.community_code = a.code "
+           if rejected else "")
+        + f"WHERE a.level = 'community' AND a.geom && {_BOX} AND {area} ORDER BY a.id LIMIT {MAX_FEATURES}")
+    return _mvt("grids", inner), {**ap, **bp, **gp, **ip}
 
 
 def _points_or_bins(name: str, table: str, alias: str, anchor: str, cols: str, bin_cols: str, bin_counts: str,
@@ -362,6 +446,8 @@ def _incidents(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
     scope, sp = authz.scope_sql(principal, "l")
     fsql, fp = filters.sql("i")
     where = f"{scope} AND {fsql}"
+    if tile.z < LAYERS["incidents"].points_from and filters.tallied():
+        return _incident_bins_tallied(principal), sp
     if tile.z < LAYERS["incidents"].points_from:
         counts = (f"count(*)::int AS n, count(*) FILTER (WHERE {_OPEN})::int AS open, "
                   f"count(*) FILTER (WHERE {_OVERDUE})::int AS overdue, {_STATE_COUNTS}")
@@ -371,6 +457,35 @@ def _incidents(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
              f"FROM env, incident i {linking.join_sql('incident', 'i')} WHERE i.geom && {_BOX} AND {where} "
              f"ORDER BY i.id LIMIT {MAX_FEATURES}")
     return _mvt("incidents", inner), {**sp, **fp}
+
+
+def _incident_bins_tallied(principal) -> str:
+    """Incident bins without filters: each grid's tally drawn at the mean position of its
+    incidents (so a grid's incidents fall in one bin, in the tile that holds that position), the
+    few incidents outside every grid at their own; binned as :func:`_bins` does."""
+    gscope, _ = authz.scope_sql(principal, "g", grid_col="code")
+    lscope, _ = authz.scope_sql(principal, "l")
+    per_state = ", ".join(f"sum(t.{s})::int AS {s}" for s in incidents.STATES)
+    raw_state = ", ".join(f"(i.state = '{s}')::int AS {s}" for s in incidents.STATES)
+    rows = (
+        # grids whose box meets the tile (a grid's mean position lies inside its box)
+        f"SELECT x.*, x.due - coalesce(d.n, 0) AS overdue FROM (SELECT t.grid_id, sum(t.n)::int AS n, "
+        f"sum({_OPEN_SUM})::int AS open, sum(t.due)::int AS due, {per_state}, sum(t.sx) AS sx, sum(t.sy) AS sy "
+        f"FROM grid g JOIN incident_tally t ON t.grid_id = g.id WHERE g.geom && {_INNER} AND {gscope} "
+        "GROUP BY t.grid_id HAVING sum(t.n) > 0) x "
+        f"LEFT JOIN ({_NOT_DUE.format(key='l.grid_id', where='l.grid_id IS NOT NULL')}) d ON d.grid_id = x.grid_id "
+        f"UNION ALL SELECT NULL, 1, ({_OPEN})::int, 0, {raw_state}, ST_X(i.geom), ST_Y(i.geom), ({_OVERDUE})::int "
+        f"FROM incident_link l JOIN incident i ON i.id = l.id WHERE l.grid_id IS NULL AND i.geom && {_INNER} AND {lscope}")
+    inner = (
+        f"SELECT sum(p.n)::int AS n, sum(p.open)::int AS open, sum(p.overdue)::int AS overdue, "
+        + ", ".join(f"sum(p.{s})::int AS {s}" for s in incidents.STATES)
+        + f", ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(sum(p.sx) / sum(p.n), sum(p.sy) / sum(p.n)), 4326), "
+        f"3857), env.tile, {EXTENT}, {BUFFER}, true) AS geom "
+        f"FROM (SELECT r.*, r.sx / r.n AS lon, r.sy / r.n AS lat FROM ({rows}) r OFFSET 0) p, env "
+        "WHERE p.lon >= env.w AND p.lon < env.e AND p.lat >= env.s AND p.lat < env.n "
+        f"GROUP BY floor((p.lon - env.w) / (env.e - env.w) * {BINS}), "
+        f"floor(({_MERC.format('p.lat')} - env.my0) / (env.my1 - env.my0) * {BINS}), env.tile")
+    return _mvt("incidents", inner, fid=False)
 
 
 _BUILDERS = {
@@ -416,7 +531,10 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
     sql, params = _select(name, tile, principal, filters)
     # A tile statement of a whole city is "expensive" to the planner, which then JIT-compiles it:
     # seconds of LLVM for a statement that runs once. Off for this transaction.
+    # And the boxes are parameters: a generic plan (psycopg prepares a statement run five times
+    # on a connection) cannot see how many rows a box holds and may take minutes. Custom plans.
     session.execute(text("SET LOCAL jit = off"))
+    session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     combined = f"{_ENV}SELECT {_version_sql(name)} AS version, ({sql}) AS mvt"
     row = session.execute(text(combined), {**params, **_version_params(name)}).one()
     return bytes(row.mvt or b""), row.version

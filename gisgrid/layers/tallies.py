@@ -1,0 +1,118 @@
+"""Tallies: how many incidents each grid holds, by state, and how many buildings and
+households, kept up to date by the database, so the one map's low-zoom tiles and grid figures
+read one row per grid instead of every incident or building.
+
+``incident_tally (grid_id, shard, n, <one column per state>, merged, due, sx, sy)`` holds, per
+current link of an incident to a grid (``incident_link.grid_id``), the number of incidents
+(``n``), how many are in each state, how many closed ones were merged into another (``merged``:
+not "resolved"), how many open ones have a deadline (``due``) and the sums of their longitudes
+and latitudes (``sx``, ``sy``: the mean position of a grid's incidents, where a bin draws them).
+``building_tally (grid_id, shard, buildings, households)`` is kept the same way from buildings
+and ``building_link``. A grid's figures are the sum of its shards: a writer adds to the shard of its backend
+(``pg_backend_pid() % 8``), so concurrent reports into one grid seldom wait on the same row.
+
+Statement-level triggers with transition tables (migration 0011) keep it: a link inserted,
+moved or deleted adds or removes its incident as it is now; an incident updated or deleted
+removes its old values and adds its new ones, in the grid of its link. An incident inserted
+counts when its link is written (the report statement writes both; imports and
+:func:`gisgrid.layers.linking.link_ids` write the link after the row). Deleting incidents fires
+``tally_delete`` before ``unlink`` removes their links (triggers run in name order), and
+removing a link of a deleted incident finds no incident, so nothing counts twice. A bulk
+re-link swaps in a new link table (the triggers move with it) and then :func:`refresh` counts
+afresh. (All of this holds for buildings and their links alike.) One statement that changes an incident *and* its link at once is not supported (none
+does).
+
+What the tally cannot hold is read beside it, from small indexes: *overdue* depends on the
+clock (open incidents with a deadline − those whose deadline is still ahead,
+``ix_incident_open_deadline``), *rejected* closed orders (``ix_incident_event_rejected``) are
+not resolved, and incidents outside every grid (``ix_incident_link_unlinked``) are counted from
+their rows. Filtered views (time range, category, state) aggregate the incidents themselves.
+"""
+from __future__ import annotations
+
+from sqlalchemy import Float, Integer, SmallInteger, text
+from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Session
+
+from gisgrid.db.base import Base
+from gisgrid.layers import incidents
+
+STATES = tuple(incidents.STATES)
+SHARDS = 8
+
+
+class IncidentTally(Base):
+    __tablename__ = "incident_tally"
+
+    grid_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(Integer, server_default="0")
+    reported: Mapped[int] = mapped_column(Integer, server_default="0")
+    accepted: Mapped[int] = mapped_column(Integer, server_default="0")
+    dispatched: Mapped[int] = mapped_column(Integer, server_default="0")
+    handling: Mapped[int] = mapped_column(Integer, server_default="0")
+    feedback: Mapped[int] = mapped_column(Integer, server_default="0")
+    evaluated: Mapped[int] = mapped_column(Integer, server_default="0")
+    closed: Mapped[int] = mapped_column(Integer, server_default="0")
+    merged: Mapped[int] = mapped_column(Integer, server_default="0")
+    due: Mapped[int] = mapped_column(Integer, server_default="0")
+    sx: Mapped[float] = mapped_column(Float(precision=53), server_default="0")
+    sy: Mapped[float] = mapped_column(Float(precision=53), server_default="0")
+
+
+class BuildingTally(Base):
+    """Buildings and households per grid (the grid and community figures of the one map)."""
+    __tablename__ = "building_tally"
+
+    grid_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    buildings: Mapped[int] = mapped_column(Integer, server_default="0")
+    households: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+COUNTS = {"incident": ("n",) + STATES + ("merged", "due"), "building": ("buildings", "households")}
+#: what each tally sums over the rows ``i`` of its layer joined to their links ``l``
+_FRESH = {
+    "incident": ("count(*)::int AS n, "
+                 + ", ".join(f"count(*) FILTER (WHERE i.state = '{s}')::int AS {s}" for s in STATES)
+                 + ", count(*) FILTER (WHERE i.state = 'closed' AND i.merged_into_id IS NOT NULL)::int AS merged, "
+                 "count(*) FILTER (WHERE i.state = ANY(:open) AND i.deadline IS NOT NULL)::int AS due, "
+                 "sum(ST_X(i.geom)) AS sx, sum(ST_Y(i.geom)) AS sy"),
+    "building": "count(*)::int AS buildings, coalesce(sum(i.households), 0)::int AS households",
+}
+FLOATS = {"incident": ("sx", "sy"), "building": ()}
+
+
+def fresh_sql(layer: str) -> str:
+    """The tally of ``layer`` counted now from its records and links, one row per grid (what the
+    triggers keep; :func:`refresh` writes it, the tests compare with it)."""
+    return (f"SELECT l.grid_id, {_FRESH[layer]} FROM {layer} i JOIN {layer}_link l ON l.id = i.id "
+            "WHERE l.grid_id IS NOT NULL GROUP BY l.grid_id")
+
+
+def _columns(layer: str) -> tuple[str, ...]:
+    return COUNTS[layer] + FLOATS[layer]
+
+
+def refresh(session: Session, layer: str) -> None:
+    """Count the tally of ``layer`` afresh (after a bulk re-link). Runs in the caller's
+    transaction; concurrent writers of the tally wait until it commits."""
+    cols = ", ".join(_columns(layer))
+    session.execute(text(f"LOCK TABLE {layer}_tally IN EXCLUSIVE MODE"))
+    session.execute(text(f"DELETE FROM {layer}_tally"))
+    session.execute(text(f"INSERT INTO {layer}_tally (grid_id, shard, {cols}) "
+                         f"SELECT grid_id, 0, {cols} FROM ({fresh_sql(layer)}) f"),
+                    {"open": list(incidents.OPEN_STATES)})
+
+
+def by_grid(session: Session, layer: str) -> dict[int, dict]:
+    """grid id → the tally of ``layer`` summed over shards, without grids whose counts are all zero."""
+    cols = ", ".join(f"sum({c}) AS {c}" for c in _columns(layer))
+    rows = session.execute(text(f"SELECT grid_id, {cols} FROM {layer}_tally GROUP BY grid_id")).mappings()
+    return {r["grid_id"]: dict(r) for r in rows if any(r[c] for c in COUNTS[layer])}
+
+
+def fresh(session: Session, layer: str) -> dict[int, dict]:
+    """grid id → the tally of ``layer`` counted now (what :func:`by_grid` must equal)."""
+    rows = session.execute(text(fresh_sql(layer)), {"open": list(incidents.OPEN_STATES)}).mappings()
+    return {r["grid_id"]: dict(r) for r in rows}
