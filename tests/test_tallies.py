@@ -22,7 +22,9 @@ def assert_tally_fresh(session) -> None:
         got, want = tallies.by_grid(session, layer), tallies.fresh(session, layer)
         assert set(got) == set(want), layer
         for grid, w in want.items():
-            assert {c: got[grid][c] for c in tallies.COUNTS[layer]} == {c: w[c] for c in tallies.COUNTS[layer]}, grid
+            keys = tallies.COUNTS[layer] + tallies.CODES
+            assert {c: got[grid][c] for c in keys} == {c: w[c] for c in keys}, grid
+            assert got[grid]["codings"] == 1, grid         # one set of codes per grid
             for c in tallies.FLOATS[layer]:
                 assert got[grid][c] == pytest.approx(w[c], abs=1e-6)
 
@@ -165,22 +167,24 @@ def test_grid_figures_from_the_tally_equal_the_incidents(app, client, demo_grid)
     assert {k: raw[k] for k in want} == dict(want)
 
 
-def test_incident_bins_from_the_tally_count_every_incident_once(app, client, demo_grid):
-    """Below zoom 14 a grid's incidents are drawn at their mean position: over the tiles that
-    cover the district every incident is counted exactly once, with its state."""
+@pytest.mark.parametrize("layer, table, anchor", [("incidents", "incident", "geom"), ("buildings", "building", "anchor")])
+def test_bins_from_the_tally_count_every_record_once(app, client, layer, table, anchor):
+    """Below zoom 14 a grid's incidents (buildings) are drawn at their mean position: over the
+    tiles that cover the district every record is counted exactly once, with its state (households)."""
     with app.extensions["gisgrid"]["sessions"]() as s:
-        w, so, e, n = s.execute(text("SELECT ST_XMin(x), ST_YMin(x), ST_XMax(x), ST_YMax(x) FROM "
-                                     "(SELECT ST_Extent(geom)::geometry AS x FROM incident) q")).one()
-        states = dict(s.execute(text("SELECT state, count(*) FROM incident GROUP BY 1")).all())
-        overdue = s.execute(text("SELECT count(*) FROM incident WHERE state = ANY(:o) AND deadline < now()"),
-                            {"o": list(incidents.OPEN_STATES)}).scalar()
+        w, so, e, n = s.execute(text(f"SELECT ST_XMin(x), ST_YMin(x), ST_XMax(x), ST_YMax(x) FROM "
+                                     f"(SELECT ST_Extent({anchor})::geometry AS x FROM {table}) q")).one()
+        total = s.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+        if table == "incident":
+            want = dict(s.execute(text("SELECT state, count(*) FROM incident GROUP BY 1")).all())
+            want = {st: want.get(st, 0) for st in incidents.STATES}
+        else:
+            want = {"households": s.execute(text("SELECT sum(households) FROM building")).scalar()}
     z = 12
     a, b = tl.Tile.at(z, w, n), tl.Tile.at(z, e, so)
-    bins = [p for x in range(a.x, b.x + 1) for y in range(a.y, b.y + 1) for p in _props(client, "incidents", tl.Tile(z, x, y))]
-    assert sum(p["n"] for p in bins) == sum(states.values())
-    assert {st: sum(p[st] for p in bins) for st in incidents.STATES} == {st: states.get(st, 0) for st in incidents.STATES}
-    assert sum(p["overdue"] for p in bins) == overdue
-    assert max(p["n"] for p in bins) > 1
+    bins = [p for x in range(a.x, b.x + 1) for y in range(a.y, b.y + 1) for p in _props(client, layer, tl.Tile(z, x, y))]
+    assert sum(p["n"] for p in bins) == total and max(p["n"] for p in bins) > 1
+    assert {k: sum(p[k] for p in bins) for k in want} == want
 
 
 def test_cached_tiles_still_ask_who_is_calling(app, demo_grid):

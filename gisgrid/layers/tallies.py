@@ -7,8 +7,10 @@ current link of an incident to a grid (``incident_link.grid_id``), the number of
 (``n``), how many are in each state, how many closed ones were merged into another (``merged``:
 not "resolved"), how many open ones have a deadline (``due``) and the sums of their longitudes
 and latitudes (``sx``, ``sy``: the mean position of a grid's incidents, where a bin draws them).
-``building_tally (grid_id, shard, buildings, households)`` is kept the same way from buildings
-and ``building_link``. A grid's figures are the sum of its shards: a writer adds to the shard of its backend
+``building_tally (grid_id, shard, buildings, households, sx, sy)`` is kept the same way from
+buildings (their ``anchor``) and ``building_link``. Each row also carries its grid's codes (grid, community, street, district, copied from the
+links), so community sums and jurisdiction filters need no join to the grids. A grid's figures
+are the sum of its shards: a writer adds to the shard of its backend
 (``pg_backend_pid() % 8``), so concurrent reports into one grid seldom wait on the same row.
 
 Statement-level triggers with transition tables (migration 0011) keep it: a link inserted,
@@ -30,7 +32,7 @@ their rows. Filtered views (time range, category, state) aggregate the incidents
 """
 from __future__ import annotations
 
-from sqlalchemy import Float, Integer, SmallInteger, text
+from sqlalchemy import Float, Integer, SmallInteger, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.orm import Session
 
@@ -45,6 +47,10 @@ class IncidentTally(Base):
     __tablename__ = "incident_tally"
 
     grid_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    grid_code: Mapped[str | None] = mapped_column(String(20, collation="C"))
+    community_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
+    street_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
+    district_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     n: Mapped[int] = mapped_column(Integer, server_default="0")
     reported: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -65,9 +71,15 @@ class BuildingTally(Base):
     __tablename__ = "building_tally"
 
     grid_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    grid_code: Mapped[str | None] = mapped_column(String(20, collation="C"))
+    community_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
+    street_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
+    district_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     buildings: Mapped[int] = mapped_column(Integer, server_default="0")
     households: Mapped[int] = mapped_column(Integer, server_default="0")
+    sx: Mapped[float] = mapped_column(Float(precision=53), server_default="0")
+    sy: Mapped[float] = mapped_column(Float(precision=53), server_default="0")
 
 
 COUNTS = {"incident": ("n",) + STATES + ("merged", "due"), "building": ("buildings", "households")}
@@ -78,16 +90,22 @@ _FRESH = {
                  + ", count(*) FILTER (WHERE i.state = 'closed' AND i.merged_into_id IS NOT NULL)::int AS merged, "
                  "count(*) FILTER (WHERE i.state = ANY(:open) AND i.deadline IS NOT NULL)::int AS due, "
                  "sum(ST_X(i.geom)) AS sx, sum(ST_Y(i.geom)) AS sy"),
-    "building": "count(*)::int AS buildings, coalesce(sum(i.households), 0)::int AS households",
+    "building": ("count(*)::int AS buildings, coalesce(sum(i.households), 0)::int AS households, "
+                 "sum(ST_X(i.anchor)) AS sx, sum(ST_Y(i.anchor)) AS sy"),
 }
-FLOATS = {"incident": ("sx", "sy"), "building": ()}
+FLOATS = {"incident": ("sx", "sy"), "building": ("sx", "sy")}
+
+
+#: a grid's codes, copied from its links (so tallies group and scope without the grid table)
+CODES = ("grid_code", "community_code", "street_code", "district_code")
 
 
 def fresh_sql(layer: str) -> str:
     """The tally of ``layer`` counted now from its records and links, one row per grid (what the
     triggers keep; :func:`refresh` writes it, the tests compare with it)."""
-    return (f"SELECT l.grid_id, {_FRESH[layer]} FROM {layer} i JOIN {layer}_link l ON l.id = i.id "
-            "WHERE l.grid_id IS NOT NULL GROUP BY l.grid_id")
+    codes = ", ".join("l." + c for c in CODES)
+    return (f"SELECT l.grid_id, {codes}, {_FRESH[layer]} FROM {layer} i JOIN {layer}_link l ON l.id = i.id "
+            f"WHERE l.grid_id IS NOT NULL GROUP BY l.grid_id, {codes}")
 
 
 def _columns(layer: str) -> tuple[str, ...]:
@@ -100,15 +118,18 @@ def refresh(session: Session, layer: str) -> None:
     cols = ", ".join(_columns(layer))
     session.execute(text(f"LOCK TABLE {layer}_tally IN EXCLUSIVE MODE"))
     session.execute(text(f"DELETE FROM {layer}_tally"))
-    session.execute(text(f"INSERT INTO {layer}_tally (grid_id, shard, {cols}) "
-                         f"SELECT grid_id, 0, {cols} FROM ({fresh_sql(layer)}) f"),
+    codes = ", ".join(CODES)
+    session.execute(text(f"INSERT INTO {layer}_tally (grid_id, {codes}, shard, {cols}) "
+                         f"SELECT grid_id, {codes}, 0, {cols} FROM ({fresh_sql(layer)}) f"),
                     {"open": list(incidents.OPEN_STATES)})
 
 
 def by_grid(session: Session, layer: str) -> dict[int, dict]:
     """grid id → the tally of ``layer`` summed over shards, without grids whose counts are all zero."""
     cols = ", ".join(f"sum({c}) AS {c}" for c in _columns(layer))
-    rows = session.execute(text(f"SELECT grid_id, {cols} FROM {layer}_tally GROUP BY grid_id")).mappings()
+    rows = session.execute(text(f"SELECT grid_id, {', '.join(f'min({c}) AS {c}' for c in CODES)}, {cols}, "
+                                f"count(DISTINCT ({', '.join(CODES)})) AS codings "
+                                f"FROM {layer}_tally GROUP BY grid_id")).mappings()
     return {r["grid_id"]: dict(r) for r in rows if any(r[c] for c in COUNTS[layer])}
 
 

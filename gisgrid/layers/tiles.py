@@ -237,7 +237,7 @@ LAYERS: dict[str, Layer] = {l.name: l for l in (
           fields={"code": "code", "name": "name", "category": "place category", "n": "places in the bin"}),
     Layer("incidents", ("incident",), "Point", points_from=14, filtered=True, params=FILTER_KEYS,
           links=("incident_link",),
-          fields={"code": "incident number", "state": "state", "category": "category", "overdue": "past deadline",
+          fields={"code": "incident number", "state": "state", "category": "category", "overdue": "past deadline (points)",
                   "reported": "reported at, Unix seconds",
                   "n": "incidents in the bin (below zoom 14)", "open": "open in the bin",
                   **{s: f"{s} in the bin" for s in incidents.STATES}}),
@@ -324,18 +324,18 @@ def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
     # may see inside them (a field worker's community holds only their grid's figures).
     area, ap = authz.admin_area_sql(principal, "a")
     bscope, bp = authz.scope_sql(principal, "k")
-    gscope, gp = authz.scope_sql(principal, "g", grid_col="code")
+    tscope, tp = authz.scope_sql(principal, "t")
     iscope, ip = authz.scope_sql(principal, "l")
     inner = (
         f"SELECT a.id AS fid, a.code, a.name, 'community' AS level, coalesce(b.households, 0) AS households, "
-        f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a {_households_of_communities(gscope, bscope)}"
+        f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a {_households_of_communities(tscope, bscope)}"
         # one grouped pass over the records of the communities in the tile (whole communities,
         # also where they reach beyond it), not a probe per community
         f"LEFT JOIN (SELECT l.community_code, {counts} FROM incident_link l JOIN incident i ON i.id = l.id "
         f"WHERE l.community_code IN ({_COMMUNITIES_IN_TILE}) AND {iscope} AND {fsql} GROUP BY 1) c "
         "ON c.community_code = a.code "
         f"WHERE a.level = 'community' AND a.geom && {_BOX} AND {area} ORDER BY a.id LIMIT {MAX_FEATURES}")
-    return _mvt("grids", inner), {**ap, **bp, **gp, **ip, **fparams}
+    return _mvt("grids", inner), {**ap, **bp, **tp, **ip, **fparams}
 
 
 # households from the building tally (gisgrid.layers.tallies): a grid's own rows
@@ -343,12 +343,12 @@ _HOUSEHOLDS_OF_GRID = ("LEFT JOIN LATERAL (SELECT sum(t.households)::int AS hous
                        "WHERE t.grid_id = g.id) b ON true ")
 
 
-def _households_of_communities(gscope: str, kscope: str) -> str:
+def _households_of_communities(tscope: str, kscope: str) -> str:
     """Households of the communities in the tile that the caller may see: the tally of their
     grids and the few buildings outside every grid."""
     return ("LEFT JOIN (SELECT community_code, sum(households)::int AS households FROM ("
-            "SELECT g.community_code, sum(t.households) AS households FROM grid g JOIN building_tally t ON t.grid_id = g.id "
-            f"WHERE g.community_code IN ({_COMMUNITIES_IN_TILE}) AND {gscope} GROUP BY 1 "
+            "SELECT t.community_code, sum(t.households) AS households FROM building_tally t "
+            f"WHERE t.community_code IN ({_COMMUNITIES_IN_TILE}) AND {tscope} GROUP BY 1 "
             "UNION ALL SELECT k.community_code, sum(b.households) FROM building_link k JOIN building b ON b.id = k.id "
             f"WHERE k.grid_id IS NULL AND k.community_code IN ({_COMMUNITIES_IN_TILE}) AND {kscope} GROUP BY 1) h "
             "GROUP BY 1) b ON b.community_code = a.code ")
@@ -399,30 +399,32 @@ def _grids_tallied(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
         return _mvt("grids", inner), sp
     area, ap = authz.admin_area_sql(principal, "a")
     bscope, bp = authz.scope_sql(principal, "k")
-    gscope, gp = authz.scope_sql(principal, "g", grid_col="code")
+    tscope, tp = authz.scope_sql(principal, "t")
     iscope, ip = authz.scope_sql(principal, "l")
     where = f"l.community_code IN ({_COMMUNITIES_IN_TILE}) AND {iscope}"
     inner = (
         f"SELECT a.id AS fid, a.code, a.name, 'community' AS level, coalesce(b.households, 0) AS households, "
-        f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a {_households_of_communities(gscope, bscope)}"
+        f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a {_households_of_communities(tscope, bscope)}"
         # the tally of the grids of the communities in the tile, and the few incidents outside every grid
         "LEFT JOIN (SELECT community_code, sum(received)::int AS received, sum(open)::int AS open, sum(due)::int AS due, "
         "sum(closed_unmerged)::int AS closed_unmerged FROM ("
-        f"SELECT g.community_code, {_TALLY_FIGURES} FROM grid g JOIN incident_tally t ON t.grid_id = g.id "
-        f"WHERE g.community_code IN ({_COMMUNITIES_IN_TILE}) AND {gscope} GROUP BY 1 "
+        f"SELECT t.community_code, {_TALLY_FIGURES} FROM incident_tally t "
+        f"WHERE t.community_code IN ({_COMMUNITIES_IN_TILE}) AND {tscope} GROUP BY 1 "
         f"UNION ALL SELECT l.community_code, {_RAW_FIGURES} FROM incident_link l JOIN incident i ON i.id = l.id "
         f"WHERE l.grid_id IS NULL AND {where} GROUP BY 1) u GROUP BY 1) c ON c.community_code = a.code "
         f"LEFT JOIN ({_NOT_DUE.format(key='l.community_code', where=where)}) d ON d.community_code = a.code "
         + (f"LEFT JOIN ({_REJECTED.format(key='l.community_code', where=where)}) r ON r.community_code = a.code "
            if rejected else "")
         + f"WHERE a.level = 'community' AND a.geom && {_BOX} AND {area} ORDER BY a.id LIMIT {MAX_FEATURES}")
-    return _mvt("grids", inner), {**ap, **bp, **gp, **ip}
+    return _mvt("grids", inner), {**ap, **bp, **tp, **ip}
 
 
 def _points_or_bins(name: str, table: str, alias: str, anchor: str, cols: str, bin_cols: str, bin_counts: str,
                     geom_kind: str = "point"):
     def build(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
         scope, sp = authz.scope_sql(principal, "l")
+        if tile.z < LAYERS[name].points_from and table == "building":
+            return _tally_bins(name, table, anchor, tile, principal, *_BUILDING_TALLY_BINS), sp
         if tile.z < LAYERS[name].points_from:
             return _bins(name, table, alias, anchor, bin_cols, bin_counts, scope), sp
         inner = (f"SELECT {alias}.id AS fid, {cols}, {_geom(alias + '.geom', geom_kind)} AS geom "
@@ -447,10 +449,9 @@ def _incidents(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
     fsql, fp = filters.sql("i")
     where = f"{scope} AND {fsql}"
     if tile.z < LAYERS["incidents"].points_from and filters.tallied():
-        return _incident_bins_tallied(principal), sp
+        return _tally_bins("incidents", "incident", "geom", tile, principal, *_INCIDENT_TALLY_BINS), sp
     if tile.z < LAYERS["incidents"].points_from:
-        counts = (f"count(*)::int AS n, count(*) FILTER (WHERE {_OPEN})::int AS open, "
-                  f"count(*) FILTER (WHERE {_OVERDUE})::int AS overdue, {_STATE_COUNTS}")
+        counts = f"count(*)::int AS n, count(*) FILTER (WHERE {_OPEN})::int AS open, {_STATE_COUNTS}"
         return _bins("incidents", "incident", "i", "geom", "i.state, i.deadline", counts, where), {**sp, **fp}
     inner = (f"SELECT i.id AS fid, i.code, i.state, i.category, {_OVERDUE} AS overdue, "
              f"extract(epoch FROM i.reported_at)::bigint AS reported, {_geom('i.geom', 'point')} AS geom "
@@ -459,33 +460,43 @@ def _incidents(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
     return _mvt("incidents", inner), {**sp, **fp}
 
 
-def _incident_bins_tallied(principal) -> str:
-    """Incident bins without filters: each grid's tally drawn at the mean position of its
-    incidents (so a grid's incidents fall in one bin, in the tile that holds that position), the
-    few incidents outside every grid at their own; binned as :func:`_bins` does."""
-    gscope, _ = authz.scope_sql(principal, "g", grid_col="code")
+def _tally_bins(name: str, layer: str, anchor: str, tile: Tile, principal, sums: dict[str, str],
+                raw: dict[str, str]) -> str:
+    """Bins from the tally of ``layer`` (no filters): each tally row (a grid's shard) drawn at
+    the mean position of its records (``sx/count``, ``sy/count``; so they fall in one bin, in
+    the tile that holds that position, and each record is counted once), the few records
+    outside every grid at their own ``anchor``; binned as :func:`_bins` does. ``sums``: column
+    → its value in a tally row ``t`` (the first counts the records); ``raw``: column → the same
+    of one record ``i``."""
+    tscope, _ = authz.scope_sql(principal, "t")
     lscope, _ = authz.scope_sql(principal, "l")
-    per_state = ", ".join(f"sum(t.{s})::int AS {s}" for s in incidents.STATES)
-    raw_state = ", ".join(f"(i.state = '{s}')::int AS {s}" for s in incidents.STATES)
-    rows = (
-        # grids whose box meets the tile (a grid's mean position lies inside its box)
-        f"SELECT x.*, x.due - coalesce(d.n, 0) AS overdue FROM (SELECT t.grid_id, sum(t.n)::int AS n, "
-        f"sum({_OPEN_SUM})::int AS open, sum(t.due)::int AS due, {per_state}, sum(t.sx) AS sx, sum(t.sy) AS sy "
-        f"FROM grid g JOIN incident_tally t ON t.grid_id = g.id WHERE g.geom && {_INNER} AND {gscope} "
-        "GROUP BY t.grid_id HAVING sum(t.n) > 0) x "
-        f"LEFT JOIN ({_NOT_DUE.format(key='l.grid_id', where='l.grid_id IS NOT NULL')}) d ON d.grid_id = x.grid_id "
-        f"UNION ALL SELECT NULL, 1, ({_OPEN})::int, 0, {raw_state}, ST_X(i.geom), ST_Y(i.geom), ({_OVERDUE})::int "
-        f"FROM incident_link l JOIN incident i ON i.id = l.id WHERE l.grid_id IS NULL AND i.geom && {_INNER} AND {lscope}")
+    cols, count = list(sums), next(iter(sums))
+    # the grids whose box meets the tile (a grid's mean position lies inside its box); below zoom
+    # 12 a tile holds most of a city: the whole tally is read without the grids (the mean
+    # positions decide)
+    grids = "" if tile.z < 12 else f"JOIN grid g ON g.id = t.grid_id AND g.geom && {_INNER} "
+    rows = (   # each tally row (a grid's shard) at the mean position of its records
+        f"SELECT {', '.join(f'{e} AS {c}' for c, e in sums.items())}, t.sx, t.sy "
+        f"FROM {layer}_tally t {grids}WHERE {sums[count]} > 0 AND {tscope} "
+        f"UNION ALL SELECT {', '.join(raw[c] for c in cols)}, ST_X(i.{anchor}), ST_Y(i.{anchor}) "
+        f"FROM {layer}_link l JOIN {layer} i ON i.id = l.id WHERE l.grid_id IS NULL AND i.{anchor} && {_INNER} "
+        f"AND {lscope}")
     inner = (
-        f"SELECT sum(p.n)::int AS n, sum(p.open)::int AS open, sum(p.overdue)::int AS overdue, "
-        + ", ".join(f"sum(p.{s})::int AS {s}" for s in incidents.STATES)
-        + f", ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(sum(p.sx) / sum(p.n), sum(p.sy) / sum(p.n)), 4326), "
-        f"3857), env.tile, {EXTENT}, {BUFFER}, true) AS geom "
-        f"FROM (SELECT r.*, r.sx / r.n AS lon, r.sy / r.n AS lat FROM ({rows}) r OFFSET 0) p, env "
+        f"SELECT {', '.join(f'sum(p.{c})::int AS {c}' for c in cols)}, "
+        f"ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(sum(p.sx) / sum(p.{count}), sum(p.sy) / sum(p.{count})), "
+        f"4326), 3857), env.tile, {EXTENT}, {BUFFER}, true) AS geom "
+        f"FROM (SELECT r.*, r.sx / r.{count} AS lon, r.sy / r.{count} AS lat FROM ({rows}) r OFFSET 0) p, env "
         "WHERE p.lon >= env.w AND p.lon < env.e AND p.lat >= env.s AND p.lat < env.n "
         f"GROUP BY floor((p.lon - env.w) / (env.e - env.w) * {BINS}), "
         f"floor(({_MERC.format('p.lat')} - env.my0) / (env.my1 - env.my0) * {BINS}), env.tile")
-    return _mvt("incidents", inner, fid=False)
+    return _mvt(name, inner, fid=False)
+
+
+_INCIDENT_TALLY_BINS = (
+    {"n": "t.n", "open": _OPEN_SUM, **{s: f"t.{s}" for s in incidents.STATES}},
+    {"n": "1", "open": f"({_OPEN})::int", **{s: f"(i.state = '{s}')::int" for s in incidents.STATES}})
+_BUILDING_TALLY_BINS = ({"n": "t.buildings", "households": "t.households"},
+                        {"n": "1", "households": "coalesce(i.households, 0)"})
 
 
 _BUILDERS = {
@@ -533,8 +544,8 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
     # seconds of LLVM for a statement that runs once. Off for this transaction.
     # And the boxes are parameters: a generic plan (psycopg prepares a statement run five times
     # on a connection) cannot see how many rows a box holds and may take minutes. Custom plans.
-    session.execute(text("SET LOCAL jit = off"))
-    session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    session.execute(text("SELECT set_config('jit', 'off', true), "
+                         "set_config('plan_cache_mode', 'force_custom_plan', true)"))   # one round trip
     combined = f"{_ENV}SELECT {_version_sql(name)} AS version, ({sql}) AS mvt"
     row = session.execute(text(combined), {**params, **_version_params(name)}).one()
     return bytes(row.mvt or b""), row.version

@@ -32,10 +32,11 @@ SUMS = {
                  "merged": "CASE WHEN i.state = 'closed' AND i.merged_into_id IS NOT NULL THEN {s} ELSE 0 END",
                  "due": f"CASE WHEN i.state IN ({_OPEN_LIST}) AND i.deadline IS NOT NULL THEN {{s}} ELSE 0 END",
                  "sx": "{s} * ST_X(i.geom)", "sy": "{s} * ST_Y(i.geom)"},
-    "building": {"buildings": "{s}", "households": "{s} * coalesce(i.households, 0)"},
+    "building": {"buildings": "{s}", "households": "{s} * coalesce(i.households, 0)",
+                 "sx": "{s} * ST_X(i.anchor)", "sy": "{s} * ST_Y(i.anchor)"},
 }
 #: the layer's columns the sums read
-READS = {"incident": ("state", "merged_into_id", "deadline", "geom"), "building": ("households",)}
+READS = {"incident": ("state", "merged_into_id", "deadline", "geom"), "building": ("households", "anchor")}
 FLOATS = ("sx", "sy")
 
 
@@ -43,26 +44,36 @@ def _sums(layer: str, sign: str) -> str:
     return ", ".join(f"sum({e.format(s=sign)}) AS {c}" for c, e in SUMS[layer].items())
 
 
+#: a grid's codes, copied from its links into its tally rows (so tallies group and scope without the grids)
+CODES = ("grid_code", "community_code", "street_code", "district_code")
+_CODES = ", ".join(CODES)
+
+
 def _apply(layer: str, source: str) -> str:
     """Upsert one statement's difference into the backend's shard: ``source`` yields
-    ``(grid_id, sgn, <READS>)``; grids whose sums are all zero (an update that changed nothing
-    counted) are left alone."""
+    ``(grid_id, <CODES>, sgn, <READS>)``; grids whose sums are all zero (an update that changed
+    nothing counted) are left alone."""
     cols = ", ".join(SUMS[layer])
     zero = ", ".join("0" for _ in SUMS[layer])
-    return (f"INSERT INTO {layer}_tally AS t (grid_id, shard, {cols}) "
-            f"SELECT * FROM (SELECT i.grid_id, pg_backend_pid() % {SHARDS} AS shard, {_sums(layer, 'i.sgn')} "
-            f"FROM ({source}) i GROUP BY i.grid_id) x WHERE ({cols}) IS DISTINCT FROM ({zero}) ORDER BY grid_id "
+    return (f"INSERT INTO {layer}_tally AS t (grid_id, {_CODES}, shard, {cols}) "
+            f"SELECT * FROM (SELECT i.grid_id, {', '.join('i.' + c for c in CODES)}, "
+            f"pg_backend_pid() % {SHARDS} AS shard, {_sums(layer, 'i.sgn')} "
+            f"FROM ({source}) i GROUP BY i.grid_id, {', '.join('i.' + c for c in CODES)}) x "
+            f"WHERE ({cols}) IS DISTINCT FROM ({zero}) ORDER BY grid_id "
             f"ON CONFLICT (grid_id, shard) DO UPDATE SET {', '.join(f'{c} = t.{c} + EXCLUDED.{c}' for c in SUMS[layer])}")
 
 
 def _function(layer: str, by_link: bool) -> str:
     reads = ", ".join(READS[layer])
     if by_link:     # a link written, moved or removed: its record (as it is now) out of the old grid, into the new
-        by = (f"SELECT k.grid_id, k.sgn, {', '.join('i.' + c for c in READS[layer])} FROM ({{}}) k "
+        by = (f"SELECT k.grid_id, {', '.join('k.' + c for c in CODES)}, k.sgn, "
+              f"{', '.join('i.' + c for c in READS[layer])} FROM ({{}}) k "
               f"JOIN {layer} i ON i.id = k.id WHERE k.grid_id IS NOT NULL")
-        new, old = "SELECT id, grid_id, 1 AS sgn FROM new_rows", "SELECT id, grid_id, -1 AS sgn FROM old_rows"
+        new = f"SELECT id, grid_id, {_CODES}, 1 AS sgn FROM new_rows"
+        old = f"SELECT id, grid_id, {_CODES}, -1 AS sgn FROM old_rows"
     else:           # a record changed or deleted: its old values out of its grid, its new values in
-        by = (f"SELECT l.grid_id, i.sgn, {', '.join('i.' + c for c in READS[layer])} FROM ({{}}) i "
+        by = (f"SELECT l.grid_id, {', '.join('l.' + c for c in CODES)}, i.sgn, "
+              f"{', '.join('i.' + c for c in READS[layer])} FROM ({{}}) i "
               f"JOIN {layer}_link l ON l.id = i.id WHERE l.grid_id IS NOT NULL")
         new, old = f"SELECT id, {reads}, 1 AS sgn FROM new_rows", f"SELECT id, {reads}, -1 AS sgn FROM old_rows"
     # a transition table exists only for its events: one branch each (PL/pgSQL plans a branch when it runs)
@@ -96,6 +107,10 @@ def upgrade() -> None:
     for layer, sums in SUMS.items():
         op.create_table(f'{layer}_tally',
         sa.Column('grid_id', sa.Integer(), nullable=False),
+        sa.Column('grid_code', sa.String(length=20, collation='C'), nullable=True),
+        sa.Column('community_code', sa.String(length=12, collation='C'), nullable=True),
+        sa.Column('street_code', sa.String(length=12, collation='C'), nullable=True),
+        sa.Column('district_code', sa.String(length=12, collation='C'), nullable=True),
         sa.Column('shard', sa.SmallInteger(), nullable=False),
         *[sa.Column(c, sa.Float(precision=53) if c in FLOATS else sa.Integer(), server_default='0', nullable=False)
           for c in sums],
@@ -107,9 +122,10 @@ def upgrade() -> None:
                    f"BEGIN\n    DELETE FROM {layer}_tally;\n    RETURN NULL;\nEND $$")
         for ddl in _triggers(layer):
             op.execute(ddl)
-        op.execute(f"INSERT INTO {layer}_tally (grid_id, shard, {', '.join(sums)}) "
-                   f"SELECT l.grid_id, 0, {_sums(layer, '1')} FROM {layer} i JOIN {layer}_link l ON l.id = i.id "
-                   "WHERE l.grid_id IS NOT NULL GROUP BY l.grid_id")
+        op.execute(f"INSERT INTO {layer}_tally (grid_id, {_CODES}, shard, {', '.join(sums)}) "
+                   f"SELECT l.grid_id, {', '.join('l.' + c for c in CODES)}, 0, {_sums(layer, '1')} "
+                   f"FROM {layer} i JOIN {layer}_link l ON l.id = i.id "
+                   f"WHERE l.grid_id IS NOT NULL GROUP BY l.grid_id, {', '.join('l.' + c for c in CODES)}")
     op.create_index('ix_incident_open_deadline', 'incident', ['deadline'], unique=False,
                     postgresql_where=sa.text(f"state IN ({_OPEN_LIST})"))
     for layer in SUMS:
