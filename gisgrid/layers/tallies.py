@@ -43,43 +43,43 @@ STATES = tuple(incidents.STATES)
 SHARDS = 8
 
 
-class IncidentTally(Base):
-    __tablename__ = "incident_tally"
-
+class _GridRow:
+    """A tally row: a grid's shard, its codes, and the mean position of its records (sums)."""
     grid_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     grid_code: Mapped[str | None] = mapped_column(String(20, collation="C"))
     community_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
     street_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
     district_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
-    n: Mapped[int] = mapped_column(Integer, server_default="0")
-    reported: Mapped[int] = mapped_column(Integer, server_default="0")
-    accepted: Mapped[int] = mapped_column(Integer, server_default="0")
-    dispatched: Mapped[int] = mapped_column(Integer, server_default="0")
-    handling: Mapped[int] = mapped_column(Integer, server_default="0")
-    feedback: Mapped[int] = mapped_column(Integer, server_default="0")
-    evaluated: Mapped[int] = mapped_column(Integer, server_default="0")
-    closed: Mapped[int] = mapped_column(Integer, server_default="0")
-    merged: Mapped[int] = mapped_column(Integer, server_default="0")
-    due: Mapped[int] = mapped_column(Integer, server_default="0")
     sx: Mapped[float] = mapped_column(Float(precision=53), server_default="0")
     sy: Mapped[float] = mapped_column(Float(precision=53), server_default="0")
 
 
-class BuildingTally(Base):
+def _count():
+    return mapped_column(Integer, server_default="0")
+
+
+class IncidentTally(_GridRow, Base):
+    __tablename__ = "incident_tally"
+
+    n: Mapped[int] = _count()
+    reported: Mapped[int] = _count()
+    accepted: Mapped[int] = _count()
+    dispatched: Mapped[int] = _count()
+    handling: Mapped[int] = _count()
+    feedback: Mapped[int] = _count()
+    evaluated: Mapped[int] = _count()
+    closed: Mapped[int] = _count()
+    merged: Mapped[int] = _count()
+    due: Mapped[int] = _count()
+
+
+class BuildingTally(_GridRow, Base):
     """Buildings and households per grid (the grid and community figures of the one map)."""
     __tablename__ = "building_tally"
 
-    grid_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    grid_code: Mapped[str | None] = mapped_column(String(20, collation="C"))
-    community_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
-    street_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
-    district_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
-    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
-    buildings: Mapped[int] = mapped_column(Integer, server_default="0")
-    households: Mapped[int] = mapped_column(Integer, server_default="0")
-    sx: Mapped[float] = mapped_column(Float(precision=53), server_default="0")
-    sy: Mapped[float] = mapped_column(Float(precision=53), server_default="0")
+    buildings: Mapped[int] = _count()
+    households: Mapped[int] = _count()
 
 
 COUNTS = {"incident": ("n",) + STATES + ("merged", "due"), "building": ("buildings", "households")}
