@@ -49,38 +49,47 @@ CODES = ("grid_code", "community_code", "street_code", "district_code")
 _CODES = ", ".join(CODES)
 
 
-def _apply(layer: str, source: str) -> str:
+def _apply(layer: str, source: str, sign: str | None = None) -> str:
     """Upsert one statement's difference into the backend's shard: ``source`` yields
-    ``(grid_id, <CODES>, sgn, <READS>)``; grids whose sums are all zero (an update that changed
-    nothing counted) are left alone."""
+    ``(grid_id, <CODES>, <READS>)`` and, without a constant ``sign``, ``sgn``. With ``sgn``
+    (updates) grids whose sums are all zero (nothing counted changed) are left alone."""
     cols = ", ".join(SUMS[layer])
+    codes = ", ".join('i.' + c for c in CODES)
+    upsert = (f"ON CONFLICT (grid_id, shard) DO UPDATE SET "
+              + ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in SUMS[layer]))
+    if sign:     # an insert or a delete: every grid it touches changes (the cheap path of a report)
+        return (f"INSERT INTO {layer}_tally AS t (grid_id, {_CODES}, shard, {cols}) "
+                f"SELECT i.grid_id, {codes}, pg_backend_pid() % {SHARDS}, {_sums(layer, sign)} "
+                f"FROM ({source}) i GROUP BY i.grid_id, {codes} ORDER BY i.grid_id {upsert}")
     zero = ", ".join("0" for _ in SUMS[layer])
     return (f"INSERT INTO {layer}_tally AS t (grid_id, {_CODES}, shard, {cols}) "
-            f"SELECT * FROM (SELECT i.grid_id, {', '.join('i.' + c for c in CODES)}, "
-            f"pg_backend_pid() % {SHARDS} AS shard, {_sums(layer, 'i.sgn')} "
-            f"FROM ({source}) i GROUP BY i.grid_id, {', '.join('i.' + c for c in CODES)}) x "
-            f"WHERE ({cols}) IS DISTINCT FROM ({zero}) ORDER BY grid_id "
-            f"ON CONFLICT (grid_id, shard) DO UPDATE SET {', '.join(f'{c} = t.{c} + EXCLUDED.{c}' for c in SUMS[layer])}")
+            f"SELECT * FROM (SELECT i.grid_id, {codes}, pg_backend_pid() % {SHARDS} AS shard, {_sums(layer, 'i.sgn')} "
+            f"FROM ({source}) i GROUP BY i.grid_id, {codes}) x "
+            f"WHERE ({cols}) IS DISTINCT FROM ({zero}) ORDER BY grid_id {upsert}")
 
 
 def _function(layer: str, by_link: bool) -> str:
     reads = ", ".join(READS[layer])
     if by_link:     # a link written, moved or removed: its record (as it is now) out of the old grid, into the new
-        by = (f"SELECT k.grid_id, {', '.join('k.' + c for c in CODES)}, k.sgn, "
-              f"{', '.join('i.' + c for c in READS[layer])} FROM ({{}}) k "
+        by = (f"SELECT k.grid_id, {', '.join('k.' + c for c in CODES)}, {{sgn}}"
+              f"{', '.join('i.' + c for c in READS[layer])} FROM ({{rows}}) k "
               f"JOIN {layer} i ON i.id = k.id WHERE k.grid_id IS NOT NULL")
-        new = f"SELECT id, grid_id, {_CODES}, 1 AS sgn FROM new_rows"
-        old = f"SELECT id, grid_id, {_CODES}, -1 AS sgn FROM old_rows"
+        new, old = "new_rows", "old_rows"
+        both = (f"SELECT id, grid_id, {_CODES}, 1 AS sgn FROM new_rows "
+                f"UNION ALL SELECT id, grid_id, {_CODES}, -1 AS sgn FROM old_rows")
+        sgn = "k.sgn, "
     else:           # a record changed or deleted: its old values out of its grid, its new values in
-        by = (f"SELECT l.grid_id, {', '.join('l.' + c for c in CODES)}, i.sgn, "
-              f"{', '.join('i.' + c for c in READS[layer])} FROM ({{}}) i "
+        by = (f"SELECT l.grid_id, {', '.join('l.' + c for c in CODES)}, {{sgn}}"
+              f"{', '.join('i.' + c for c in READS[layer])} FROM ({{rows}}) i "
               f"JOIN {layer}_link l ON l.id = i.id WHERE l.grid_id IS NOT NULL")
-        new, old = f"SELECT id, {reads}, 1 AS sgn FROM new_rows", f"SELECT id, {reads}, -1 AS sgn FROM old_rows"
+        new, old = "new_rows", "old_rows"
+        both = f"SELECT id, {reads}, 1 AS sgn FROM new_rows UNION ALL SELECT id, {reads}, -1 AS sgn FROM old_rows"
+        sgn = "i.sgn, "
     # a transition table exists only for its events: one branch each (PL/pgSQL plans a branch when it runs)
     return (f"CREATE FUNCTION {_name(layer, by_link)}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n"
-            f"    IF TG_OP = 'INSERT' THEN {_apply(layer, by.format(new))};\n"
-            f"    ELSIF TG_OP = 'DELETE' THEN {_apply(layer, by.format(old))};\n"
-            f"    ELSE {_apply(layer, by.format(new + ' UNION ALL ' + old))};\n"
+            f"    IF TG_OP = 'INSERT' THEN {_apply(layer, by.format(sgn='', rows=f'SELECT * FROM {new}'), '1')};\n"
+            f"    ELSIF TG_OP = 'DELETE' THEN {_apply(layer, by.format(sgn='', rows=f'SELECT * FROM {old}'), '-1')};\n"
+            f"    ELSE {_apply(layer, by.format(sgn=sgn, rows=both))};\n"
             "    END IF;\n    RETURN NULL;\nEND $$")
 
 
