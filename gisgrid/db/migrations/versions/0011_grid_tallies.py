@@ -54,17 +54,19 @@ def _apply(layer: str, source: str, sign: str | None = None) -> str:
     ``(grid_id, <CODES>, <READS>)`` and, without a constant ``sign``, ``sgn``. With ``sgn``
     (updates) grids whose sums are all zero (nothing counted changed) are left alone."""
     cols = ", ".join(SUMS[layer])
-    codes = ", ".join('i.' + c for c in CODES)
+    # a grid's codes are the grid's (one per grid_id): grouped by the id alone, so a link row
+    # whose codes alone changed still makes one row per grid; they are written when the row is made
+    codes = ", ".join(f"max(i.{c})" for c in CODES)
     upsert = (f"ON CONFLICT (grid_id, shard) DO UPDATE SET "
               + ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in SUMS[layer]))
     if sign:     # an insert or a delete: every grid it touches changes (the cheap path of a report)
         return (f"INSERT INTO {layer}_tally AS t (grid_id, {_CODES}, shard, {cols}) "
                 f"SELECT i.grid_id, {codes}, pg_backend_pid() % {SHARDS}, {_sums(layer, sign)} "
-                f"FROM ({source}) i GROUP BY i.grid_id, {codes} ORDER BY i.grid_id {upsert}")
+                f"FROM ({source}) i GROUP BY i.grid_id ORDER BY i.grid_id {upsert}")
     zero = ", ".join("0" for _ in SUMS[layer])
     return (f"INSERT INTO {layer}_tally AS t (grid_id, {_CODES}, shard, {cols}) "
             f"SELECT * FROM (SELECT i.grid_id, {codes}, pg_backend_pid() % {SHARDS} AS shard, {_sums(layer, 'i.sgn')} "
-            f"FROM ({source}) i GROUP BY i.grid_id, {codes}) x "
+            f"FROM ({source}) i GROUP BY i.grid_id) x "
             f"WHERE ({cols}) IS DISTINCT FROM ({zero}) ORDER BY grid_id {upsert}")
 
 
