@@ -348,7 +348,10 @@ def test_api_points_crud_import_export_and_checkin(app, client):
         page = worker.get(f"/?trail=gridworker&day={today}").get_data(as_text=True)
         import json
         names = json.dumps([f"巡逻轨迹 gridworker {today}", "巡逻盲区（300米外）"])[1:-1].split(", ")
-        assert all(n.strip('"') in page or n in page for n in names) and code in page, names
+        assert all(n.strip('"') in page or n in page for n in names), names      # the switcher's patrol overlays
+        trail = worker.get(f"/api/patrol/trail?worker=gridworker&day={today}")          # what the trail overlay draws
+        assert f"/api/patrol/trail?worker=gridworker&amp;day={today}" in page or "/api/patrol/trail?" in page
+        assert trail.status_code == 200 and code in json.dumps(trail.json, ensure_ascii=False)
         assert worker.get("/?trail=gridworker&day=yesterday").status_code == 400
         # exports: CSV with a byte-order mark and Chinese headers, XLSX readable; viewers may not export
         csv = client.get("/api/patrol/points?format=csv")

@@ -65,6 +65,9 @@ class Incident(Base):
         CheckConstraint("level IN ('grid', 'community', 'street', 'district')", name="level"),
         CheckConstraint("length(description) <= 2000", name="description_length"),
         valid(), types("geom", "Point"), gist("incident"),
+        # the open incidents by deadline: "overdue" beside the tally (gisgrid.layers.tallies)
+        Index("ix_incident_open_deadline", "deadline",
+              postgresql_where=text("state IN (" + ", ".join(f"'{s}'" for s in OPEN_STATES) + ")")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -68,7 +68,10 @@ def _link_table(layer: str) -> Table:
         Column("grid_id", Integer), Column("grid_code", String(20, collation="C")),
         Column("community_code", String(12, collation="C")), Column("street_code", String(12, collation="C")),
         Column("district_code", String(12, collation="C")),
-        Index(f"ix_{name}_area", "district_code", "street_code", "community_code", "grid_code"))
+        Index(f"ix_{name}_area", "district_code", "street_code", "community_code", "grid_code"),
+        # the few records outside every grid: tiles add them to the grid tallies (gisgrid.layers.tallies)
+        *([Index(f"ix_{name}_unlinked", "id", postgresql_where=text("grid_id IS NULL"))]
+          if layer in ("incident", "building") else []))
 
 
 #: layer → its link table
@@ -186,6 +189,11 @@ def _rebuild(session: Session, table: str) -> int:
                          rf"\1 {tmp} ON \2\3{new} ", ix["ddl"])
             session.execute(text(ddl))
     step(f"{len(indexes)} indexes")
+    # its triggers (the incident tally's) move with it, after the fill: the fill is counted afresh
+    for ddl in session.execute(text(
+            "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgrelid = CAST(:t AS regclass) "
+            "AND NOT t.tgisinternal"), {"t": link}).scalars().all():
+        session.execute(text(re.sub(rf" ON ((?:\S+\.)?){link} ", rf" ON \g<1>{new} ", ddl, count=1)))
     changed = session.execute(text(
         f"SELECT count(*) FROM {link} o FULL JOIN {new} n ON n.id = o.id "
         f"WHERE (o.id, o.grid_id, o.grid_code, o.community_code, o.street_code, o.district_code) IS DISTINCT FROM "
@@ -219,7 +227,12 @@ def relink(session: Session, tables: tuple[str, ...] | None = None) -> dict[str,
     tables = ORDER if tables is None else tables
     for t in tables:
         _check(t)
-    return {t: _rebuild(session, t) for t in ORDER if t in tables}
+    changed = {t: _rebuild(session, t) for t in ORDER if t in tables}
+    from gisgrid.layers import tallies
+
+    for layer in set(changed) & set(tallies.COUNTS):   # the tallies by grid follow the new links
+        tallies.refresh(session, layer)
+    return changed
 
 
 # -- imports ------------------------------------------------------------------------------------------

@@ -117,6 +117,11 @@ class Filters:
         return "|".join((self.since.isoformat() if self.since else "", self.until.isoformat() if self.until else "",
                          ",".join(self.categories), ",".join(self.states), self.figures))
 
+    def tallied(self) -> bool:
+        """No time range, category or state: the figures come from the incident tally
+        (:mod:`gisgrid.layers.tallies`) instead of the incidents themselves."""
+        return not (self.since or self.until or self.categories or self.states)
+
     def sql(self, alias: str = "i") -> tuple[str, dict]:
         """The condition on incidents ``alias`` and its parameters."""
         conds, params = ["TRUE"], {}
@@ -232,7 +237,7 @@ LAYERS: dict[str, Layer] = {l.name: l for l in (
           fields={"code": "code", "name": "name", "category": "place category", "n": "places in the bin"}),
     Layer("incidents", ("incident",), "Point", points_from=14, filtered=True, params=FILTER_KEYS,
           links=("incident_link",),
-          fields={"code": "incident number", "state": "state", "category": "category", "overdue": "past deadline",
+          fields={"code": "incident number", "state": "state", "category": "category", "overdue": "past deadline (points)",
                   "reported": "reported at, Unix seconds",
                   "n": "incidents in the bin (below zoom 14)", "open": "open in the bin",
                   **{s: f"{s} in the bin" for s in incidents.STATES}}),
@@ -301,6 +306,8 @@ _COMMUNITIES_IN_TILE = f"SELECT k.code FROM admin_area k WHERE k.level = 'commun
 
 
 def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
+    if filters.tallied():
+        return _grids_tallied(tile, principal, filters)
     fsql, fparams = filters.sql("i")
     counts, only, out = _figures(filters)
     fsql += only
@@ -308,9 +315,7 @@ def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
         scope, sp = authz.scope_sql(principal, "g", grid_col="code")
         inner = (
             f"SELECT g.id AS fid, g.code, g.name, 'grid' AS level, coalesce(b.households, 0) AS households, "
-            f"{out}, {_geom('g.geom')} AS geom FROM env, grid g "
-            "LEFT JOIN LATERAL (SELECT sum(b.households)::int AS households FROM building_link k "
-            "JOIN building b ON b.id = k.id WHERE k.grid_id = g.id) b ON true "
+            f"{out}, {_geom('g.geom')} AS geom FROM env, grid g {_HOUSEHOLDS_OF_GRID}"
             f"LEFT JOIN LATERAL (SELECT {counts} FROM incident_link l JOIN incident i ON i.id = l.id "
             f"WHERE l.grid_id = g.id AND {fsql}) c ON true "
             f"WHERE g.valid_to IS NULL AND g.geom && {_BOX} AND {scope} ORDER BY g.id LIMIT {MAX_FEATURES}")
@@ -319,26 +324,107 @@ def _grids(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
     # may see inside them (a field worker's community holds only their grid's figures).
     area, ap = authz.admin_area_sql(principal, "a")
     bscope, bp = authz.scope_sql(principal, "k")
+    tscope, tp = authz.scope_sql(principal, "t")
     iscope, ip = authz.scope_sql(principal, "l")
     inner = (
         f"SELECT a.id AS fid, a.code, a.name, 'community' AS level, coalesce(b.households, 0) AS households, "
-        f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a "
+        f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a {_households_of_communities(tscope, bscope)}"
         # one grouped pass over the records of the communities in the tile (whole communities,
         # also where they reach beyond it), not a probe per community
-        "LEFT JOIN (SELECT k.community_code, sum(b.households)::int AS households FROM building_link k "
-        f"JOIN building b ON b.id = k.id WHERE k.community_code IN ({_COMMUNITIES_IN_TILE}) AND {bscope} "
-        "GROUP BY 1) b ON b.community_code = a.code "
         f"LEFT JOIN (SELECT l.community_code, {counts} FROM incident_link l JOIN incident i ON i.id = l.id "
         f"WHERE l.community_code IN ({_COMMUNITIES_IN_TILE}) AND {iscope} AND {fsql} GROUP BY 1) c "
         "ON c.community_code = a.code "
         f"WHERE a.level = 'community' AND a.geom && {_BOX} AND {area} ORDER BY a.id LIMIT {MAX_FEATURES}")
-    return _mvt("grids", inner), {**ap, **bp, **ip, **fparams}
+    return _mvt("grids", inner), {**ap, **bp, **tp, **ip, **fparams}
+
+
+# households from the building tally (gisgrid.layers.tallies): a grid's own rows
+_HOUSEHOLDS_OF_GRID = ("LEFT JOIN LATERAL (SELECT sum(t.households)::int AS households FROM building_tally t "
+                       "WHERE t.grid_id = g.id) b ON true ")
+
+
+def _households_of_communities(tscope: str, kscope: str) -> str:
+    """Households of the communities in the tile that the caller may see: the tally of their
+    grids and the few buildings outside every grid."""
+    return ("LEFT JOIN (SELECT community_code, sum(households)::int AS households FROM ("
+            "SELECT t.community_code, sum(t.households) AS households FROM building_tally t "
+            f"WHERE t.community_code IN ({_COMMUNITIES_IN_TILE}) AND {tscope} GROUP BY 1 "
+            "UNION ALL SELECT k.community_code, sum(b.households) FROM building_link k JOIN building b ON b.id = k.id "
+            f"WHERE k.grid_id IS NULL AND k.community_code IN ({_COMMUNITIES_IN_TILE}) AND {kscope} GROUP BY 1) h "
+            "GROUP BY 1) b ON b.community_code = a.code ")
+
+
+# -- from the incident tally (gisgrid.layers.tallies): unfiltered views -------------------------
+_OPEN_LIST = ", ".join(f"'{s}'" for s in incidents.OPEN_STATES)
+#: open incidents whose deadline is still ahead (``ix_incident_open_deadline``), by ``key``
+_NOT_DUE = ("SELECT {key}, count(*)::int AS n FROM incident i JOIN incident_link l ON l.id = i.id "
+            f"WHERE i.state IN ({_OPEN_LIST}) AND i.deadline >= now() AND {{where}} GROUP BY 1")
+#: closed incidents with a rejection (``ix_incident_event_rejected``): closed, not resolved
+_REJECTED = ("SELECT {key}, count(DISTINCT i.id)::int AS n FROM incident_event e JOIN incident i ON i.id = e.incident_id "
+             "JOIN incident_link l ON l.id = i.id WHERE e.note LIKE '[reject]%' AND i.state = 'closed' "
+             "AND i.merged_into_id IS NULL AND {where} GROUP BY 1")
+_OPEN_SUM = " + ".join(f"t.{s}" for s in incidents.OPEN_STATES)
+#: figures of tally rows ``t`` (received, open, due, closed and not merged)
+_TALLY_FIGURES = (f"sum(t.n)::int AS received, sum({_OPEN_SUM})::int AS open, sum(t.due)::int AS due, "
+                  "sum(t.closed - t.merged)::int AS closed_unmerged")
+#: the same figures of raw incidents ``i`` (those outside every grid)
+_RAW_FIGURES = (f"count(*)::int AS received, count(*) FILTER (WHERE {_OPEN})::int AS open, "
+                f"count(*) FILTER (WHERE {_OPEN} AND i.deadline IS NOT NULL)::int AS due, "
+                "count(*) FILTER (WHERE i.state = 'closed' AND i.merged_into_id IS NULL)::int AS closed_unmerged")
+
+
+def _tallied_out(filters: Filters) -> str:
+    overdue = "coalesce(c.due, 0) - coalesce(d.n, 0) AS overdue"
+    if filters.figures == "open":
+        return f"coalesce(c.open, 0) AS open, {overdue}"
+    return (f"coalesce(c.received, 0) AS received, coalesce(c.open, 0) AS open, {overdue}, "
+            "coalesce(c.closed_unmerged, 0) - coalesce(r.n, 0) AS resolved")
+
+
+def _grids_tallied(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
+    """The grid layer without filters: the figures from the tally, overdue and rejections beside it."""
+    out = _tallied_out(filters)
+    rejected = filters.figures == "all"
+    if tile.z >= LAYERS["grids"].points_from:
+        scope, sp = authz.scope_sql(principal, "g", grid_col="code")
+        grids_in_tile = f"SELECT g.id FROM grid g WHERE g.valid_to IS NULL AND g.geom && {_BOX} AND {scope}"
+        where = f"l.grid_id IN ({grids_in_tile})"
+        inner = (
+            f"SELECT g.id AS fid, g.code, g.name, 'grid' AS level, coalesce(b.households, 0) AS households, "
+            f"{out}, {_geom('g.geom')} AS geom FROM env, grid g {_HOUSEHOLDS_OF_GRID}"
+            f"LEFT JOIN LATERAL (SELECT {_TALLY_FIGURES} FROM incident_tally t WHERE t.grid_id = g.id) c ON true "
+            f"LEFT JOIN ({_NOT_DUE.format(key='l.grid_id', where=where)}) d ON d.grid_id = g.id "
+            + (f"LEFT JOIN ({_REJECTED.format(key='l.grid_id', where=where)}) r ON r.grid_id = g.id " if rejected else "")
+            + f"WHERE g.valid_to IS NULL AND g.geom && {_BOX} AND {scope} ORDER BY g.id LIMIT {MAX_FEATURES}")
+        return _mvt("grids", inner), sp
+    area, ap = authz.admin_area_sql(principal, "a")
+    bscope, bp = authz.scope_sql(principal, "k")
+    tscope, tp = authz.scope_sql(principal, "t")
+    iscope, ip = authz.scope_sql(principal, "l")
+    where = f"l.community_code IN ({_COMMUNITIES_IN_TILE}) AND {iscope}"
+    inner = (
+        f"SELECT a.id AS fid, a.code, a.name, 'community' AS level, coalesce(b.households, 0) AS households, "
+        f"{out}, {_geom('a.geom')} AS geom FROM env, admin_area a {_households_of_communities(tscope, bscope)}"
+        # the tally of the grids of the communities in the tile, and the few incidents outside every grid
+        "LEFT JOIN (SELECT community_code, sum(received)::int AS received, sum(open)::int AS open, sum(due)::int AS due, "
+        "sum(closed_unmerged)::int AS closed_unmerged FROM ("
+        f"SELECT t.community_code, {_TALLY_FIGURES} FROM incident_tally t "
+        f"WHERE t.community_code IN ({_COMMUNITIES_IN_TILE}) AND {tscope} GROUP BY 1 "
+        f"UNION ALL SELECT l.community_code, {_RAW_FIGURES} FROM incident_link l JOIN incident i ON i.id = l.id "
+        f"WHERE l.grid_id IS NULL AND {where} GROUP BY 1) u GROUP BY 1) c ON c.community_code = a.code "
+        f"LEFT JOIN ({_NOT_DUE.format(key='l.community_code', where=where)}) d ON d.community_code = a.code "
+        + (f"LEFT JOIN ({_REJECTED.format(key='l.community_code', where=where)}) r ON r.community_code = a.code "
+           if rejected else "")
+        + f"WHERE a.level = 'community' AND a.geom && {_BOX} AND {area} ORDER BY a.id LIMIT {MAX_FEATURES}")
+    return _mvt("grids", inner), {**ap, **bp, **tp, **ip}
 
 
 def _points_or_bins(name: str, table: str, alias: str, anchor: str, cols: str, bin_cols: str, bin_counts: str,
                     geom_kind: str = "point"):
     def build(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
         scope, sp = authz.scope_sql(principal, "l")
+        if tile.z < LAYERS[name].points_from and table == "building":
+            return _tally_bins(name, table, anchor, tile, principal, *_BUILDING_TALLY_BINS), sp
         if tile.z < LAYERS[name].points_from:
             return _bins(name, table, alias, anchor, bin_cols, bin_counts, scope), sp
         inner = (f"SELECT {alias}.id AS fid, {cols}, {_geom(alias + '.geom', geom_kind)} AS geom "
@@ -362,15 +448,55 @@ def _incidents(tile: Tile, principal, filters: Filters) -> tuple[str, dict]:
     scope, sp = authz.scope_sql(principal, "l")
     fsql, fp = filters.sql("i")
     where = f"{scope} AND {fsql}"
+    if tile.z < LAYERS["incidents"].points_from and filters.tallied():
+        return _tally_bins("incidents", "incident", "geom", tile, principal, *_INCIDENT_TALLY_BINS), sp
     if tile.z < LAYERS["incidents"].points_from:
-        counts = (f"count(*)::int AS n, count(*) FILTER (WHERE {_OPEN})::int AS open, "
-                  f"count(*) FILTER (WHERE {_OVERDUE})::int AS overdue, {_STATE_COUNTS}")
+        counts = f"count(*)::int AS n, count(*) FILTER (WHERE {_OPEN})::int AS open, {_STATE_COUNTS}"
         return _bins("incidents", "incident", "i", "geom", "i.state, i.deadline", counts, where), {**sp, **fp}
     inner = (f"SELECT i.id AS fid, i.code, i.state, i.category, {_OVERDUE} AS overdue, "
              f"extract(epoch FROM i.reported_at)::bigint AS reported, {_geom('i.geom', 'point')} AS geom "
              f"FROM env, incident i {linking.join_sql('incident', 'i')} WHERE i.geom && {_BOX} AND {where} "
              f"ORDER BY i.id LIMIT {MAX_FEATURES}")
     return _mvt("incidents", inner), {**sp, **fp}
+
+
+def _tally_bins(name: str, layer: str, anchor: str, tile: Tile, principal, sums: dict[str, str],
+                raw: dict[str, str]) -> str:
+    """Bins from the tally of ``layer`` (no filters): each tally row (a grid's shard) drawn at
+    the mean position of its records (``sx/count``, ``sy/count``; so they fall in one bin, in
+    the tile that holds that position, and each record is counted once), the few records
+    outside every grid at their own ``anchor``; binned as :func:`_bins` does. ``sums``: column
+    → its value in a tally row ``t`` (the first counts the records); ``raw``: column → the same
+    of one record ``i``."""
+    tscope, _ = authz.scope_sql(principal, "t")
+    lscope, _ = authz.scope_sql(principal, "l")
+    cols, count = list(sums), next(iter(sums))
+    # the grids whose box meets the tile (a grid's mean position lies inside its box); below zoom
+    # 12 a tile holds most of a city: the whole tally is read without the grids (the mean
+    # positions decide)
+    grids = "" if tile.z < 12 else f"JOIN grid g ON g.id = t.grid_id AND g.geom && {_INNER} "
+    rows = (   # each tally row (a grid's shard) at the mean position of its records
+        f"SELECT {', '.join(f'{e} AS {c}' for c, e in sums.items())}, t.sx, t.sy "
+        f"FROM {layer}_tally t {grids}WHERE {sums[count]} > 0 AND {tscope} "
+        f"UNION ALL SELECT {', '.join(raw[c] for c in cols)}, ST_X(i.{anchor}), ST_Y(i.{anchor}) "
+        f"FROM {layer}_link l JOIN {layer} i ON i.id = l.id WHERE l.grid_id IS NULL AND i.{anchor} && {_INNER} "
+        f"AND {lscope}")
+    inner = (
+        f"SELECT {', '.join(f'sum(p.{c})::int AS {c}' for c in cols)}, "
+        f"ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(sum(p.sx) / sum(p.{count}), sum(p.sy) / sum(p.{count})), "
+        f"4326), 3857), env.tile, {EXTENT}, {BUFFER}, true) AS geom "
+        f"FROM (SELECT r.*, r.sx / r.{count} AS lon, r.sy / r.{count} AS lat FROM ({rows}) r OFFSET 0) p, env "
+        "WHERE p.lon >= env.w AND p.lon < env.e AND p.lat >= env.s AND p.lat < env.n "
+        f"GROUP BY floor((p.lon - env.w) / (env.e - env.w) * {BINS}), "
+        f"floor(({_MERC.format('p.lat')} - env.my0) / (env.my1 - env.my0) * {BINS}), env.tile")
+    return _mvt(name, inner, fid=False)
+
+
+_INCIDENT_TALLY_BINS = (
+    {"n": "t.n", "open": _OPEN_SUM, **{s: f"t.{s}" for s in incidents.STATES}},
+    {"n": "1", "open": f"({_OPEN})::int", **{s: f"(i.state = '{s}')::int" for s in incidents.STATES}})
+_BUILDING_TALLY_BINS = ({"n": "t.buildings", "households": "t.households"},
+                        {"n": "1", "households": "coalesce(i.households, 0)"})
 
 
 _BUILDERS = {
@@ -416,7 +542,10 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
     sql, params = _select(name, tile, principal, filters)
     # A tile statement of a whole city is "expensive" to the planner, which then JIT-compiles it:
     # seconds of LLVM for a statement that runs once. Off for this transaction.
-    session.execute(text("SET LOCAL jit = off"))
+    # And the boxes are parameters: a generic plan (psycopg prepares a statement run five times
+    # on a connection) cannot see how many rows a box holds and may take minutes. Custom plans.
+    session.execute(text("SELECT set_config('jit', 'off', true), "
+                         "set_config('plan_cache_mode', 'force_custom_plan', true)"))   # one round trip
     combined = f"{_ENV}SELECT {_version_sql(name)} AS version, ({sql}) AS mvt"
     row = session.execute(text(combined), {**params, **_version_params(name)}).one()
     return bytes(row.mvt or b""), row.version

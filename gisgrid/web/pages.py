@@ -155,13 +155,12 @@ def one_map():
         "labels": {k: t(k) for k in PAGE_LABELS},
         "poll_ms": POLL_MS,
         "bounds": [[ext[0][1], ext[0][0]], [ext[0][3], ext[0][2]]] if ext else None,
+        # patrol coverage and a worker's trail (issue 8): GeoJSON overlays in the same layer switcher
+        "overlays": _patrol_overlays(s, who),
     }
     _bar(m, t("title", district=district.name), t("one_map_note"), who)
     m.get_root().html.add_child(folium.Element(_controls_html()))
     OneMap(config).add_to(m)
-    # patrol coverage and a worker's trail (issue 8) are drawn by folium beside the tile layers
-    _patrol_layers(m, s, who, grids.count_current(s, authz.scope_sql(who, "g", grid_col="code")))
-    folium.LayerControl(collapsed=True, position="bottomright").add_to(m)
     return _html(m)
 
 
@@ -175,43 +174,35 @@ PAGE_GRID_LIMIT = 5000   # most grids the patrol overlays draw as GeoJSON (the r
 UNCOVERED_METRES = 300
 
 
-def _patrol_layers(m, s, who, n_grids: int) -> None:
-    """Patrol points and duty posts, the areas no patrol point reaches (straight line), and with
-    ``?trail=<worker>&day=YYYY-MM-DD`` that worker's check-ins of the day joined in time order."""
+def _patrol_overlays(s, who) -> list[dict]:
+    """The patrol overlays of the layer switcher, fetched by the page when switched on: the
+    areas no patrol point reaches (straight line; offered up to :data:`PAGE_GRID_LIMIT` grids in
+    the caller's jurisdiction), and with ``?trail=<worker>&day=YYYY-MM-DD`` that worker's
+    check-ins of the day joined in time order (shown at once). Patrol points themselves are a
+    tile layer."""
     from datetime import date
+    from urllib.parse import urlencode
 
     from flask import request
 
     from gisgrid.errors import InvalidInput
-    from gisgrid.layers import patrol, patrol_coverage
 
     t = i18n.t
-    scope = authz.scope_sql(who, "pl")
-    points = folium.FeatureGroup(name=t("patrol_points"), show=False)
-    for f in patrol.point_features(s, scope, limit=PAGE_GRID_LIMIT)["features"]:
-        lon, lat = f["geometry"]["coordinates"]
-        pr = f["properties"]
-        folium.CircleMarker([lat, lon], radius=6, color="#54278f" if pr["kind"] == "duty_post" else "#238b45",
-                            fill=True, fill_opacity=0.8, weight=1,
-                            tooltip=f'{pr["name"]} · {pr["code"]} · {patrol.KINDS[pr["kind"]]}').add_to(points)
-    points.add_to(m)
-    if n_grids <= PAGE_GRID_LIMIT:
-        fc = patrol_coverage.uncovered(s, authz.scope_sql(who, "g", grid_col="code"), distance_m=UNCOVERED_METRES,
-                                       limit=PAGE_GRID_LIMIT)
-        folium.GeoJson(fc, name=t("uncovered", d=UNCOVERED_METRES), show=False,
-                       style_function=lambda f: {"color": "#a50f15", "weight": 0.5, "fillColor": "#de2d26",
-                                                 "fillOpacity": 0.35}).add_to(m)
+    out = []
+    if grids.count_current(s, authz.scope_sql(who, "g", grid_col="code")) <= PAGE_GRID_LIMIT:
+        out.append({"name": "uncovered", "label": t("uncovered", d=UNCOVERED_METRES), "show": False,
+                    "url": "/api/patrol/uncovered?" + urlencode({"distance": UNCOVERED_METRES}),
+                    "style": {"color": "#a50f15", "weight": 0.5, "fillColor": "#de2d26", "fillOpacity": 0.35}})
     worker, day = request.args.get("trail"), request.args.get("day")
     if worker and day:
         try:
-            when = date.fromisoformat(day)
+            date.fromisoformat(day)
         except ValueError:
             raise InvalidInput(f"day must be a date YYYY-MM-DD, got {day!r}", field="day") from None
-        trail = patrol.trail(s, scope, worker, when)
-        if trail["features"]:
-            folium.GeoJson(trail, name=t("trail", worker=worker, day=day),
-                           style_function=lambda f: {"color": "#e6550d", "weight": 4},
-                           marker=folium.CircleMarker(radius=5, fill=True, fill_opacity=1, color="#e6550d")).add_to(m)
+        out.append({"name": "trail", "label": t("trail", worker=worker, day=day), "show": True,
+                    "url": "/api/patrol/trail?" + urlencode({"worker": worker, "day": day}),
+                    "style": {"color": "#e6550d", "weight": 4, "fillColor": "#e6550d", "fillOpacity": 1}})
+    return out
 
 
 def _controls_html() -> str:

@@ -9,12 +9,20 @@ filters and the jurisdiction, so a browser revalidates with ``If-None-Match`` an
 until the data change. A request carrying ``v=<version>`` equal to the current version may be
 kept by the browser (``max-age``): the page asks with the version it polled, and a change of
 data gives a new URL. Tiles are kept gzipped in an in-process LRU keyed by the same version.
+
+The versions themselves are kept in-process for :data:`VERSION_SECONDS` (:class:`Versions`), so
+a cached tile or a 304 costs no query: a tile may then lag a write made through another process
+by up to that long (the bytes always match the version in their ETag: a drawn tile reads its
+version in its own statement). A request whose ``v=`` differs from the kept version reads it
+again (the page polls ``/tiles/index.json``, uncached, and asks with what it got), and a
+successful write through this process forgets the kept versions.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 
 from flask import Blueprint, Response, jsonify, request, url_for
@@ -30,6 +38,7 @@ bp = Blueprint("tiles", __name__, url_prefix="/tiles")
 MVT = "application/vnd.mapbox-vector-tile"
 GZIP_LEVEL = 4
 FRESH_SECONDS = 86_400      # a tile asked for with the current ?v= may be kept this long
+VERSION_SECONDS = 1.0       # a layer's version is read at most this often per process
 
 
 class TileCache:
@@ -61,10 +70,50 @@ class TileCache:
                 self.size -= len(old)
 
 
+class Versions:
+    """Layer versions read at most once per ``ttl`` seconds (per process, thread-safe)."""
+
+    def __init__(self, ttl: float = VERSION_SECONDS):
+        self.ttl = ttl
+        self._kept: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, asked: str | None = None) -> str:
+        """The version of layer ``name``; read again when older than ``ttl`` or when the
+        request asks for another short version (``asked``, its ``v=``)."""
+        kept = self._kept.get(name)
+        if kept and time.monotonic() - kept[1] < self.ttl and (asked is None or asked == _short(kept[0])):
+            return kept[0]
+        return self.saw(name, tl.version(db(), name))
+
+    def saw(self, name: str, version: str) -> str:
+        with self._lock:
+            self._kept[name] = (version, time.monotonic())
+        return version
+
+    def forget(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
 def _cache() -> TileCache:
     from flask import current_app
 
     return current_app.extensions["gisgrid"]["tile_cache"]
+
+
+def _versions() -> Versions:
+    from flask import current_app
+
+    return current_app.extensions["gisgrid"].setdefault("tile_versions", Versions())
+
+
+@bp.after_app_request
+def _forget_versions(resp):
+    """A write through this process (any successful unsafe request) may change a layer."""
+    if request.method not in ("GET", "HEAD", "OPTIONS") and resp.status_code < 400:
+        _versions().forget()
+    return resp
 
 
 def _scope_key(p) -> str:
@@ -98,19 +147,19 @@ def tile(name, z, x, y):
     lay = tl.layer(name)
     t = tl.parse_tile(z, x, y)
     filters = _filters(lay)
-    p, s = principal(), db()
+    p = principal()
     scope = _scope_key(p)
     cache = _cache()
     packed = None
     # the version first, when it can spare the drawing: a revalidation or a cache lookup
     if request.if_none_match or cache.max_bytes:
-        version = tl.version(s, name)
+        version = _versions().get(name, request.args.get("v"))
         etag = _etag(name, version, filters, scope, t)
         if etag in request.if_none_match:
             return _headers(Response(status=304), etag, version)
         packed = cache.get((name, t, filters.key(), scope, version))
     if packed is None:
-        data, version = tl.render(s, name, t, p, filters)     # the bytes and their version, one snapshot
+        data, version = tl.render(db(), name, t, p, filters)     # the bytes and their version, one snapshot
         packed = gzip.compress(data, GZIP_LEVEL, mtime=0)
         cache.put((name, t, filters.key(), scope, version), packed)
         etag = _etag(name, version, filters, scope, t)
@@ -152,9 +201,9 @@ def tilejson(name):
 @needs("read")
 def index():
     """Every layer's TileJSON URL and data version: what the one map polls for live updates."""
-    s = db()
-    out = {name: {"tilejson": url_for("tiles.tilejson", name=name), "data_version": _short(tl.version(s, name))}
-           for name in tl.LAYERS}
+    s, kept = db(), _versions()
+    out = {name: {"tilejson": url_for("tiles.tilejson", name=name),
+                  "data_version": _short(kept.saw(name, tl.version(s, name)))} for name in tl.LAYERS}
     resp = jsonify(out)
     resp.headers["Cache-Control"] = "no-store"
     return resp

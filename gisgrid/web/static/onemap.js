@@ -143,6 +143,32 @@
       overlays[l.label] = layer;
       if (l.show) { layer.addTo(map); }
     });
+    // patrol overlays (GeoJSON from the patrol API, fetched the first time they are switched on)
+    (cfg.overlays || []).forEach(function (o) {
+      var layer = L.geoJSON(null, {
+        style: function () { return o.style; },
+        pointToLayer: function (f, latlng) {
+          return L.circleMarker(latlng, {radius: 5, color: o.style.color, fill: true, fillOpacity: 1});
+        },
+        onEachFeature: function (f, lyr) {
+          var p = f.properties || {};
+          var tip = [p.name, p.code, p.point, p.at].filter(function (v) { return v; }).join(" · ");
+          if (tip) { lyr.bindTooltip(tip); }
+        }
+      });
+      var fetched = false;
+      layer.on("add", function () {
+        if (fetched) { return; }
+        fetched = true;
+        fetch(o.url, {credentials: "same-origin"}).then(function (r) { return r.json(); }).then(function (fc) {
+          layer.addData(fc);
+          document.body.setAttribute("data-gg-drawn-" + o.name, "1");
+        });
+      });
+      layers[o.name] = layer;
+      overlays[o.label] = layer;
+      if (o.show) { layer.addTo(map); }
+    });
     L.control.layers(null, overlays, {collapsed: false, position: "topright"}).addTo(map);
 
     // -- click → panel --------------------------------------------------------------------------
