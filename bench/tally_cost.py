@@ -1,5 +1,5 @@
 """What the per-grid tallies (migration 0011) cost a field report: the one-statement report
-(``gisgrid.layers.incidents._REPORT_SQL``: incident, link, event, audit) run back to back by
+(``gisgrid.layers.incidents._report_sql``: incident, link, event, audit, the answer) run back to back by
 ``--threads`` psycopg connections for ``--seconds``, with the tally triggers and the open-deadline
 index, then without them (the triggers disabled and the index dropped for the round, then back),
 alternated ``--rounds`` times. Prints reports/s and p50/p95 of each. At the end the bench rows
@@ -43,7 +43,7 @@ def main() -> None:
     from gisgrid.layers import incidents
 
     dsn = database_url(load()).replace("postgresql+psycopg", "postgresql")
-    sql = psycopg_sql(incidents._REPORT_SQL)
+    sql = psycopg_sql(" ".join(incidents._report_sql(False).split()))
     with psycopg.connect(dsn, autocommit=True) as c:
         points = c.execute("SELECT ST_X(p), ST_Y(p) FROM (SELECT ST_PointOnSurface(geom) AS p FROM grid "
                            "WHERE valid_to IS NULL) q").fetchall()
@@ -72,7 +72,8 @@ def main() -> None:
                     c.execute(sql, {"key": str(uuid.uuid4()), "cat": "noise", "descr": f"{PREFIX}:{i}", "addr": None,
                                     "src": "patrol", "rep": "bench", "acc": None, "crs": "EPSG:4326",
                                     "x": x + rng.uniform(-1e-4, 1e-4), "y": y + rng.uniform(-1e-4, 1e-4),
-                                    "actor": "bench"}, prepare=True).fetchone()
+                                    "actor": "bench", "open": list(incidents.OPEN_STATES), "m": 50.0,
+                                    "s": 72 * 3600.0}, prepare=True).fetchone()
                     mine.append(time.perf_counter() - t0)
             with lock:
                 lat.extend(mine)

@@ -1,7 +1,7 @@
 """auth change notifications: NOTIFY gisgrid_auth when an account or token changes
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0011
 Create Date: 2026-11-23 05:40:00
 
 Web workers remember who a token or session stands for (``gisgrid.web.principals``) and forget
@@ -12,7 +12,7 @@ on every change that can alter a caller's rights (delivered at commit). A token'
 from alembic import op
 
 revision = '0012'
-down_revision = '0009'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
