@@ -219,7 +219,7 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     """Write a validated frame of one layer in bulk (COPY into a staging table, one INSERT), link
     it and audit it, in the caller's transaction (never commits). A frame large beside its table
     rebuilds the table's GiST indexes rather than inserting into them (see
-    :func:`_drop_spatial_indexes`: the layer is locked for the import's duration).
+    :func:`_drop_bulk_indexes`: the layer is locked for the import's duration).
 
     Parameters
     ----------
@@ -314,7 +314,7 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
                 updates = [c for c in cols + (["building_id"] if by_building else []) if c != "code"]
                 conflict = (" ON CONFLICT (code) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in updates)
                             if updates else " ON CONFLICT (code) DO NOTHING")
-            rebuild = _drop_spatial_indexes(session, table, len(frame))
+            rebuild, rebuild_links = _drop_bulk_indexes(session, table, len(frame))
             session.execute(text(
                 f"CREATE TEMP TABLE _gisgrid_written ON COMMIT DROP AS WITH w AS ("
                 f"INSERT INTO {table} ({values}) SELECT {select_} FROM _gisgrid_stage s{join}{conflict} "
@@ -325,6 +325,10 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
                 session.execute(text(f"ANALYZE {table}"))
             if prelink:
                 linking.link_staged(session, layer, "_gisgrid_stage")
+            for ddl in rebuild_links:
+                session.execute(text(ddl))
+            if rebuild_links:
+                session.execute(text(f"ANALYZE {table}_link"))
             session.execute(text("DROP TABLE _gisgrid_stage"))
             row = session.execute(text("SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) "
                                        "FROM _gisgrid_written")).one()
@@ -356,29 +360,38 @@ BULK_FRACTION = 0.25
 BULK_MIN_ROWS = 50_000
 
 
-def _drop_spatial_indexes(session: Session, table: str, rows: int) -> list[str]:
-    """For a large import relative to ``table``, drop its GiST indexes and return their DDL.
+def _drop_bulk_indexes(session: Session, table: str, rows: int) -> tuple[list[str], list[str]]:
+    """For a large import relative to ``table``, drop its GiST indexes and the secondary
+    indexes of its link table; return their DDL (the table's, the link table's) to rebuild.
 
     Inserting a point into a GiST index costs about 13 times what building the index costs
     per row (measured on the city's residents: 1,000,000 points into an index of 1,000,000
     took 37 s, building it over all 2,000,000 took 5.7 s), so past ``BULK_FRACTION`` of the
-    table the index is rebuilt, as PostgreSQL's bulk-loading advice says. DROP INDEX is
-    transactional: a failed import restores the index with everything else. The price: the
-    table is locked (ACCESS EXCLUSIVE) until the import commits, readers of the layer wait.
+    table the index is rebuilt, as PostgreSQL's bulk-loading advice says; likewise the link
+    table's area index (the link table is built that way by every relink). B-tree indexes of
+    the layer (keys, codes) stay: they cost less to keep than to rebuild. DROP INDEX is
+    transactional: a failed import restores the indexes with everything else. The price: both
+    tables are locked (ACCESS EXCLUSIVE) until the import commits; readers of the layer wait.
     """
     if rows < BULK_MIN_ROWS:
-        return []
+        return [], []
     stored = session.execute(text("SELECT reltuples FROM pg_class WHERE oid = CAST(:t AS regclass)"),
                              {"t": table}).scalar_one()
     if rows < BULK_FRACTION * max(stored, 0):
-        return []
-    indexes = session.execute(text(
-        "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-        "JOIN pg_am a ON a.oid = i.relam WHERE x.indrelid = CAST(:t AS regclass) AND a.amname = 'gist' "
-        "ORDER BY i.relname"), {"t": table}).all()
-    for name, _ in indexes:
-        session.execute(text(f'DROP INDEX "{name}"'))     # names from the catalogue, never input
-    return [ddl for _, ddl in indexes]
+        return [], []
+    out = []
+    for rel, which in ((table, "a.amname = 'gist'"), (f"{table}_link", "NOT x.indisunique AND NOT x.indisprimary")):
+        if rel != table and table not in linking.ORDER:
+            out.append([])
+            continue
+        indexes = session.execute(text(
+            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+            f"JOIN pg_am a ON a.oid = i.relam WHERE x.indrelid = CAST(:t AS regclass) AND {which} "
+            "ORDER BY i.relname"), {"t": rel}).all()
+        for name, _ in indexes:
+            session.execute(text(f'DROP INDEX "{name}"'))     # names from the catalogue, never input
+        out.append([ddl for _, ddl in indexes])
+    return out[0], out[1]
 
 
 def _id_ranges(session: Session, written: str) -> dict[str, list[list[int]]]:
