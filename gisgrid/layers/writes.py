@@ -253,7 +253,7 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
 
     import numpy as np
 
-    from gisgrid.db.bulk import copy_frame, ewkb_hex
+    from gisgrid.db.bulk import binary_types, copy_binary, copy_frame, ewkb_hex
 
     if layer not in SPEC:
         raise InvalidInput(f"unknown layer {layer!r}; layers: {', '.join(SPEC)}", field="layer")
@@ -275,10 +275,9 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     located = []          # point layers: their grids found in-process, before anything is written
     if prelink and layer in linking.POINT_LAYERS and "geom" in frame:
         grid_ids = linking.grids_of_points(session, frame["geom"].to_numpy())
-        frame["grid_id"] = np.where(grid_ids >= 0, grid_ids, None).astype(object)
+        frame["grid_id"] = np.array([None if g < 0 else g for g in grid_ids.tolist()] + [None], dtype=object)[:-1]
         located = ["grid_id"]
-    if "geom" in frame:
-        frame["geom"] = ewkb_hex(frame["geom"].to_numpy())
+    geoms = frame.pop("geom").to_numpy() if "geom" in frame else None
     for c in frame.columns:                       # JSONB and arrays as their text forms for COPY
         kind = getattr(model.__table__.columns.get(c), "type", None)
         if kind is not None and type(kind).__name__ == "JSONB":
@@ -286,6 +285,8 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
         elif kind is not None and type(kind).__name__ == "ARRAY":
             frame[c] = [None if v is None else "{" + ",".join(json.dumps(t, ensure_ascii=False) for t in v) + "}"
                         for v in frame[c]]
+    if geoms is not None:
+        frame["geom"] = None                      # its EWKB, binary or hex, once the format is known
     cols = [c for c in frame.columns if c in own]
     counts = {"inserted": 0, "updated": 0, "deleted": 0}
     try:
@@ -302,7 +303,14 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
                 seq = session.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}).scalar_one()
                 session.execute(text(f"ALTER TABLE _gisgrid_stage ADD COLUMN id bigint "
                                      f"DEFAULT nextval('{seq}'::regclass)"))
-            copy_frame(session, "_gisgrid_stage", frame[cols + extra + located])
+            staged = cols + extra + located
+            types = binary_types(session, "_gisgrid_stage", staged)
+            if geoms is not None:
+                frame["geom"] = ewkb_hex(geoms, hex=types is None)
+            if types is None:
+                copy_frame(session, "_gisgrid_stage", frame[staged])
+            else:
+                copy_binary(session, "_gisgrid_stage", frame[staged], types)
             counts["deleted"], retired = _clear_for(session, layer, table, mode, actor)
             values = (["id"] if prelink else []) + cols + (["building_id"] if by_building else [])
             select_ = (["s.id"] if prelink else []) + [_or_default(model, c) for c in cols] \
@@ -314,7 +322,7 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
                 updates = [c for c in cols + (["building_id"] if by_building else []) if c != "code"]
                 conflict = (" ON CONFLICT (code) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in updates)
                             if updates else " ON CONFLICT (code) DO NOTHING")
-            rebuild, rebuild_links = _drop_bulk_indexes(session, table, len(frame))
+            rebuild = _drop_bulk_indexes(session, table, len(frame))
             session.execute(text(
                 f"CREATE TEMP TABLE _gisgrid_written ON COMMIT DROP AS WITH w AS ("
                 f"INSERT INTO {table} ({values}) SELECT {select_} FROM _gisgrid_stage s{join}{conflict} "
@@ -325,10 +333,6 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
                 session.execute(text(f"ANALYZE {table}"))
             if prelink:
                 linking.link_staged(session, layer, "_gisgrid_stage")
-            for ddl in rebuild_links:
-                session.execute(text(ddl))
-            if rebuild_links:
-                session.execute(text(f"ANALYZE {table}_link"))
             session.execute(text("DROP TABLE _gisgrid_stage"))
             row = session.execute(text("SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) "
                                        "FROM _gisgrid_written")).one()
@@ -360,38 +364,31 @@ BULK_FRACTION = 0.25
 BULK_MIN_ROWS = 50_000
 
 
-def _drop_bulk_indexes(session: Session, table: str, rows: int) -> tuple[list[str], list[str]]:
-    """For a large import relative to ``table``, drop its GiST indexes and the secondary
-    indexes of its link table; return their DDL (the table's, the link table's) to rebuild.
+def _drop_bulk_indexes(session: Session, table: str, rows: int) -> list[str]:
+    """For a large import relative to ``table``, drop its GiST indexes and return their DDL.
 
     Inserting a point into a GiST index costs about 13 times what building the index costs
     per row (measured on the city's residents: 1,000,000 points into an index of 1,000,000
     took 37 s, building it over all 2,000,000 took 5.7 s), so past ``BULK_FRACTION`` of the
-    table the index is rebuilt, as PostgreSQL's bulk-loading advice says; likewise the link
-    table's area index (the link table is built that way by every relink). B-tree indexes of
-    the layer (keys, codes) stay: they cost less to keep than to rebuild. DROP INDEX is
-    transactional: a failed import restores the indexes with everything else. The price: both
-    tables are locked (ACCESS EXCLUSIVE) until the import commits; readers of the layer wait.
+    table the index is rebuilt, as PostgreSQL's bulk-loading advice says. B-tree indexes (the
+    layer's keys and codes, the link table's area index) stay: measured, they cost less to
+    keep than to rebuild (the link table's area index: 11 s kept, 5.5 + 11.6 s dropped and rebuilt). DROP INDEX is
+    transactional: a failed import restores the index with everything else. The price: the
+    table is locked (ACCESS EXCLUSIVE) until the import commits; readers of the layer wait.
     """
     if rows < BULK_MIN_ROWS:
-        return [], []
+        return []
     stored = session.execute(text("SELECT reltuples FROM pg_class WHERE oid = CAST(:t AS regclass)"),
                              {"t": table}).scalar_one()
     if rows < BULK_FRACTION * max(stored, 0):
-        return [], []
-    out = []
-    for rel, which in ((table, "a.amname = 'gist'"), (f"{table}_link", "NOT x.indisunique AND NOT x.indisprimary")):
-        if rel != table and table not in linking.ORDER:
-            out.append([])
-            continue
-        indexes = session.execute(text(
-            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-            f"JOIN pg_am a ON a.oid = i.relam WHERE x.indrelid = CAST(:t AS regclass) AND {which} "
-            "ORDER BY i.relname"), {"t": rel}).all()
-        for name, _ in indexes:
-            session.execute(text(f'DROP INDEX "{name}"'))     # names from the catalogue, never input
-        out.append([ddl for _, ddl in indexes])
-    return out[0], out[1]
+        return []
+    indexes = session.execute(text(
+        "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "JOIN pg_am a ON a.oid = i.relam WHERE x.indrelid = CAST(:t AS regclass) AND a.amname = 'gist' "
+        "ORDER BY i.relname"), {"t": table}).all()
+    for name, _ in indexes:
+        session.execute(text(f'DROP INDEX "{name}"'))     # names from the catalogue, never input
+    return [ddl for _, ddl in indexes]
 
 
 def _id_ranges(session: Session, written: str) -> dict[str, list[list[int]]]:
