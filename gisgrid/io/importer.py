@@ -644,10 +644,11 @@ def _existing(session, table: str, column: str, wanted, extra: str = "") -> set:
     session.execute(text("CREATE TEMP TABLE _gisgrid_wanted (v text) ON COMMIT DROP"))
     esc = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
     raw = session.connection().connection.driver_connection
-    plain = not any(np.strings.find(np.asarray(wanted, dtype=np.dtypes.StringDType()), c).max() >= 0
-                    for c in "\\\t\n\r")
+    lines = "\n".join(wanted)
+    if lines.count("\n") != len(wanted) - 1 or any(c in lines for c in "\\\t\r"):     # escape only then
+        lines = "\n".join(v.translate(esc) for v in wanted)
     with raw.cursor() as cur, cur.copy("COPY _gisgrid_wanted (v) FROM STDIN") as cp:
-        cp.write("\n".join(wanted if plain else (v.translate(esc) for v in wanted)) + "\n")
+        cp.write(lines + "\n")
     rows = session.execute(text(f"SELECT t.{column} FROM {table} t JOIN _gisgrid_wanted w ON w.v = t.{column} "
                                 f"WHERE true {extra}"))
     found = {r[0] for r in rows}

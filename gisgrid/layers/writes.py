@@ -323,17 +323,21 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
                 conflict = (" ON CONFLICT (code) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in updates)
                             if updates else " ON CONFLICT (code) DO NOTHING")
             rebuild = _drop_bulk_indexes(session, table, len(frame))
-            session.execute(text(
-                f"CREATE TEMP TABLE _gisgrid_written ON COMMIT DROP AS WITH w AS ("
-                f"INSERT INTO {table} ({values}) SELECT {select_} FROM _gisgrid_stage s{join}{conflict} "
-                f"RETURNING id, code, (xmax = 0) AS created) SELECT * FROM w"))
+            if prelink:        # every row is new and the stage holds its id: nothing to return
+                session.execute(text(f"INSERT INTO {table} ({values}) SELECT {select_} FROM _gisgrid_stage s{join}"))
+                session.execute(text("CREATE TEMP VIEW _gisgrid_written AS "
+                                     "SELECT id, code, true AS created FROM _gisgrid_stage"))
+            else:
+                session.execute(text(
+                    f"CREATE TEMP TABLE _gisgrid_written ON COMMIT DROP AS WITH w AS ("
+                    f"INSERT INTO {table} ({values}) SELECT {select_} FROM _gisgrid_stage s{join}{conflict} "
+                    f"RETURNING id, code, (xmax = 0) AS created) SELECT * FROM w"))
             for ddl in rebuild:            # one sorted build each, then fresh statistics
                 session.execute(text(ddl))
             if rebuild:
                 session.execute(text(f"ANALYZE {table}"))
             if prelink:
                 linking.link_staged(session, layer, "_gisgrid_stage")
-            session.execute(text("DROP TABLE _gisgrid_stage"))
             row = session.execute(text("SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) "
                                        "FROM _gisgrid_written")).one()
             counts["inserted"], counts["updated"] = row[0], row[1]
@@ -350,7 +354,8 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
                     "SELECT i.id, :a, NULL, i.state, '[import]' FROM incident i JOIN _gisgrid_written w "
                     "ON w.id = i.id WHERE w.created"), {"a": actor})
             ranges = _id_ranges(session, "_gisgrid_written")
-            session.execute(text("DROP TABLE _gisgrid_written"))
+            session.execute(text("DROP VIEW _gisgrid_written" if prelink else "DROP TABLE _gisgrid_written"))
+            session.execute(text("DROP TABLE _gisgrid_stage"))
             audit.record(session, actor, "import", layer, None,
                          after={**(source or {}), "mode": mode, **counts, **ranges})
     except DBAPIError as e:
