@@ -7,7 +7,7 @@ builds a new narrow table instead of rewriting every record and every index of t
 (measured in bench/link.py). Readers join it: ``FROM incident i LEFT JOIN incident_link l ON
 l.id = i.id`` (:func:`join_sql`). A record with no link row is treated as unlinked.
 
-Two paths, one rule:
+Three paths, one rule:
 
 * :func:`link_ids` – the records just written, inside the writer's transaction (a lateral
   lookup per record, upserted into the link table; right for a handful of rows);
@@ -18,7 +18,12 @@ Two paths, one rule:
   swap at the end; readers are never blocked except during that swap. Writers of links wait
   for the rebuild of their layer (it holds the old link table in EXCLUSIVE mode, which lets
   readers in); then PostgreSQL looks the table's name up again and their rows land in the new
-  table: no link written meanwhile is lost.
+  table: no link written meanwhile is lost;
+* :func:`grids_of_points` + :func:`link_staged` – a file's worth of new points (imports): the
+  grid of each point found in-process by the same predicate (GEOS, polygon-driven over a shapely
+  STRtree) before anything is written, the link rows written from the staging table. Like
+  the SQL join of an import, it sees the grids current when it runs: a plan published while
+  a long import runs is applied to the imported rows by ``gisgrid link``.
 
 The rule (``grids.LOOKUP_SQL`` states it for a single point): a record belongs to the current
 grid that intersects its anchor point; a point on an edge shared by several grids belongs to the
