@@ -3,6 +3,13 @@ every read of a person's unmasked data (who, whom, when, why).
 
 Rows are only ever inserted, in the same transaction as the act they record, so an act and its
 audit row are committed or lost together. Personal values never enter the log in clear.
+
+A file import is one row (``action="import"``, no ``entity_id``): the file's name and SHA-256,
+CRS, mode, counts and the ids of the records it created and updated as runs of consecutive ids
+(``after["created_ids"]``, ``after["updated_ids"]``: ``[[first, last], …]``; expand them with
+:func:`imported_ids`), so a million-row register costs one row, not a million, and "which
+import wrote this record" stays answerable. Records an import deletes or retires keep a row
+each (with their code, which their table no longer holds).
 """
 from __future__ import annotations
 
@@ -45,6 +52,17 @@ def record_many(session: Session, actor: str | None, action: str, entity: str, r
         session.execute(insert(AuditLog), [
             {"actor": actor, "action": action, "entity": entity, "entity_id": str(i), "before": b, "after": a}
             for i, b, a in rows])
+
+
+def imported_ids(row: AuditLog, which: str = "created_ids") -> list[int]:
+    """The ids an ``import`` row records (``which``: ``created_ids`` or ``updated_ids``).
+
+    >>> imported_ids(AuditLog(action="import", after={"created_ids": [[3, 5], [9, 9]]}))
+    [3, 4, 5, 9]
+    """
+    if row.action != "import":
+        raise ValueError(f"audit row {row.id} is a {row.action!r} row, not an import")
+    return [i for lo, hi in (row.after or {}).get(which, []) for i in range(lo, hi + 1)]
 
 
 def query(session: Session, *, actor: str | None = None, entity: str | None = None, action: str | None = None,
