@@ -34,7 +34,8 @@ def database_url(settings: Settings, *, start: bool = True) -> str:
 PING_AFTER_IDLE_S = 1.0
 
 
-def make_engine(url: str, *, statement_timeout_ms: int | None = None, **kw) -> Engine:
+def make_engine(url: str, *, statement_timeout_ms: int | None = None, server_settings: dict | None = None,
+                prepare: bool = True, **kw) -> Engine:
     """An engine that re-establishes dropped connections and never waits for ever to connect
     (connect_timeout).
 
@@ -44,10 +45,19 @@ def make_engine(url: str, *, statement_timeout_ms: int | None = None, **kw) -> E
     ping every checkout, one more round trip per request under load. Should the database go
     away between two busy requests, the first statement fails (503 Database unavailable), the
     pool is invalidated, and the client's retry gets a new connection.
+
+    ``server_settings``: PostgreSQL settings for every connection (``-c name=value``).
+    ``prepare=False``: psycopg never prepares a statement server-side, so each execution is
+    planned for its own parameters (what tile statements need: a generic plan cannot see how
+    many rows a box holds).
     """
     connect_args = {"connect_timeout": 10}
-    if statement_timeout_ms:
-        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
+    options = {**({"statement_timeout": int(statement_timeout_ms)} if statement_timeout_ms else {}),
+               **(server_settings or {})}
+    if options:
+        connect_args["options"] = " ".join(f"-c {k}={v}" for k, v in options.items())
+    if not prepare:      # every statement planned for its own parameters (no server-side prepared plans)
+        connect_args["prepare_threshold"] = None
     engine = create_engine(url, connect_args=connect_args, **kw)
 
     @event.listens_for(engine, "checkin")

@@ -531,9 +531,11 @@ def _select(name, tile, principal, filters) -> tuple[str, dict]:
 
 
 def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
-           filters: Filters = Filters()) -> tuple[bytes, str]:
+           filters: Filters = Filters(), tuned: bool = False) -> tuple[bytes, str]:
     """Draw one tile. Returns ``(mvt_bytes, version)``: the version of the layer's tables read in
-    the same statement (so the bytes are exactly the data of that version).
+    the same statement (so the bytes are exactly the data of that version). ``tuned``: the
+    session's connections already plan every statement afresh and never JIT (the web app's
+    tile engine), so the per-transaction settings below are not needed.
 
     Examples
     --------
@@ -544,8 +546,9 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
     # seconds of LLVM for a statement that runs once. Off for this transaction.
     # And the boxes are parameters: a generic plan (psycopg prepares a statement run five times
     # on a connection) cannot see how many rows a box holds and may take minutes. Custom plans.
-    session.execute(text("SELECT set_config('jit', 'off', true), "
-                         "set_config('plan_cache_mode', 'force_custom_plan', true)"))   # one round trip
+    if not tuned:
+        session.execute(text("SELECT set_config('jit', 'off', true), "
+                             "set_config('plan_cache_mode', 'force_custom_plan', true)"))   # one round trip
     combined = f"{_ENV}SELECT {_version_sql(name)} AS version, ({sql}) AS mvt"
     row = session.execute(text(combined), {**params, **_version_params(name)}).one()
     return bytes(row.mvt or b""), row.version

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Flask, g
+from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 
 from gisgrid import config
@@ -28,9 +29,16 @@ def create_app(overrides: dict | None = None) -> Flask:
     )
     app.json.ensure_ascii = False
     engine = make_engine(database_url(settings), statement_timeout_ms=30_000)
+    # vector tiles: autocommitted single statements (no BEGIN/ROLLBACK round trips), planned
+    # for their own box every time, and never JIT-compiled (seconds of LLVM for a statement
+    # that runs once); disposed with the main engine
+    tile_engine = make_engine(database_url(settings), statement_timeout_ms=30_000, server_settings={"jit": "off"},
+                              prepare=False, isolation_level="AUTOCOMMIT")
+    event.listen(engine, "engine_disposed", lambda _engine: tile_engine.dispose())
     app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine),
                                  "autocommit_sessions": make_sessionmaker(
                                      engine.execution_options(isolation_level="AUTOCOMMIT")),
+                                 "tile_sessions": make_sessionmaker(tile_engine),
                                  "tile_cache": tiles.TileCache(settings.tile_cache_mb * 1024 * 1024),
                                  "principals": principals.PrincipalCache(
                                      engine.url.render_as_string(hide_password=False).replace("+psycopg", ""),
@@ -56,7 +64,7 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     @app.teardown_appcontext
     def _close_session(exc):
-        for name in ("db", "db_autocommit"):
+        for name in ("db", "db_autocommit", "db_tiles"):
             s = g.pop(name, None)
             if s is not None:
                 try:
@@ -81,15 +89,19 @@ def _secret_key_file(home) -> str:
     return path.read_text().strip()
 
 
-def db(autocommit: bool = False):
+_SESSIONS = {"db": "sessions", "db_autocommit": "autocommit_sessions", "db_tiles": "tile_sessions"}
+
+
+def db(autocommit: bool = False, tiles: bool = False):
     """The request's session (one per request, closed at teardown). ``autocommit``: a session
     whose every statement commits by itself, for a view whose whole write is one statement (no
-    BEGIN and COMMIT round trips around it)."""
+    BEGIN and COMMIT round trips around it). ``tiles``: autocommitted too, on the tile engine
+    (no prepared plans, no JIT; :func:`create_app`)."""
     from flask import current_app
 
-    name = "db_autocommit" if autocommit else "db"
+    name = "db_tiles" if tiles else "db_autocommit" if autocommit else "db"
     if name not in g:
-        setattr(g, name, current_app.extensions["gisgrid"]["autocommit_sessions" if autocommit else "sessions"]())
+        setattr(g, name, current_app.extensions["gisgrid"][_SESSIONS[name]]())
     return getattr(g, name)
 
 

@@ -84,7 +84,7 @@ class Versions:
         kept = self._kept.get(name)
         if kept and time.monotonic() - kept[1] < self.ttl and (asked is None or asked == _short(kept[0])):
             return kept[0]
-        return self.saw(name, tl.version(db(), name))
+        return self.saw(name, tl.version(db(tiles=True), name))
 
     def saw(self, name: str, version: str) -> str:
         with self._lock:
@@ -159,7 +159,7 @@ def tile(name, z, x, y):
             return _headers(Response(status=304), etag, version)
         packed = cache.get((name, t, filters.key(), scope, version))
     if packed is None:
-        data, version = tl.render(db(), name, t, p, filters)     # the bytes and their version, one snapshot
+        data, version = tl.render(db(tiles=True), name, t, p, filters, tuned=True)   # bytes and version, one snapshot
         packed = gzip.compress(data, GZIP_LEVEL, mtime=0)
         cache.put((name, t, filters.key(), scope, version), packed)
         etag = _etag(name, version, filters, scope, t)
