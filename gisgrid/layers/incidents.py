@@ -237,9 +237,6 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
         if quota.count > quota.amount:
             raise rate_limits.Exceeded(f"at most {quota.amount} reports per {quota.seconds} s; "
                                        f"retry in {max(1, int(quota.reset - time.time()))} s", quota)
-    # the columns detail() reads, from what the insert returned as JSON (one column each: fewer
-    # result columns for the driver to describe; a new incident has no assignee, no merge, no
-    # photos, and its first deadline is ahead; its point is the one stored)
     if row["i"] is None:       # nothing written: a retry of a report already filed, or a bad category
         found = idempotency_key and session.execute(
             text("SELECT code FROM incident WHERE idempotency_key = :k"), {"k": idempotency_key}).scalar()
@@ -248,6 +245,9 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
         known = {c["code"] for c in categories(session)}
         raise UnknownReference(f"unknown category {category!r}; categories: {', '.join(sorted(known))}",
                                field="category")
+    # the columns detail() reads, from what the insert returned as JSON (one column each: fewer
+    # result columns for the driver to describe; a new incident has no assignee, no merge, no
+    # photos, and its first deadline is ahead; its point is the one stored)
     both = {**row["i"], **row["l"], "events": row["events"], "team": row["team"]}
     new = {k: both[k] for k in _NEW_COLUMNS}
     for k in ("reported_at", "updated_at", "deadline", "closed_at"):   # JSON text → the datetimes detail() has
@@ -288,8 +288,9 @@ def _report_sql(quota: bool) -> str:
     """One statement files a report and answers it: where it is (the linking rule), its
     category's first deadline (the district's catalogue, else the default one), the incident,
     its link, its first event and its audit row; then what :func:`detail` would read of it
-    (:data:`_NEW_COLUMNS`), with the possible duplicates. Nothing is written (the incident's columns are NULL) when the idempotency
-    key was used before or the category is not in the catalogue. (Data-modifying CTEs cannot see
+    (:data:`_NEW_COLUMNS`), with the possible duplicates. Nothing is written (the incident's
+    columns are NULL) when the idempotency key was used before or the category is not in the
+    catalogue. (Data-modifying CTEs cannot see
     each other's rows, so the link and level are computed before the insert, and the answer is
     built from what the inserts return, not read back from the tables.) With ``quota``, the
     statement first counts the attempt (``rate_limits.HIT_SQL``) and inserts only if allowed;
