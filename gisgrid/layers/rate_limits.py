@@ -8,6 +8,7 @@ and SQLAlchemy's pool and result layers cost more CPU than the statement itself.
 """
 from __future__ import annotations
 
+import functools
 import random
 import time
 from dataclasses import dataclass
@@ -26,12 +27,19 @@ rate_limit = Table(
     prefixes=["UNLOGGED"],
 )
 
-_INCR = (
-    "INSERT INTO rate_limit AS r (key, count, expires_at) VALUES (%(k)s, %(n)s, now() + make_interval(secs => %(e)s)) "
-    "ON CONFLICT (key) DO UPDATE SET "
-    "count = CASE WHEN r.expires_at <= now() THEN EXCLUDED.count ELSE r.count + EXCLUDED.count END, "
-    "expires_at = CASE WHEN r.expires_at <= now() THEN EXCLUDED.expires_at ELSE r.expires_at END "
-    "RETURNING count, extract(epoch FROM expires_at)")
+def _hit_sql(key: str, amount: str, seconds: str, also: str = "") -> str:
+    """The one fixed-window hit, with the given placeholders: add ``amount`` to ``key``'s count,
+    or start a new window of ``seconds`` once the old one has expired. Returns ``count``,
+    ``reset`` (epoch seconds) and the columns ``also`` adds."""
+    return (
+        f"INSERT INTO rate_limit AS r (key, count, expires_at) VALUES ({key}, {amount}, "
+        f"now() + make_interval(secs => {seconds})) ON CONFLICT (key) DO UPDATE SET "
+        "count = CASE WHEN r.expires_at <= now() THEN EXCLUDED.count ELSE r.count + EXCLUDED.count END, "
+        "expires_at = CASE WHEN r.expires_at <= now() THEN EXCLUDED.expires_at ELSE r.expires_at END "
+        f"RETURNING count, extract(epoch FROM expires_at) AS reset{also}")
+
+
+_INCR = _hit_sql("%(k)s", "%(n)s", "%(e)s")
 
 
 def incr(conn: psycopg.Connection, key: str, expiry: int, amount: int = 1) -> tuple[int, float]:
@@ -63,6 +71,14 @@ def clear(conn: psycopg.Connection, key: str | None = None) -> int:
 
 
 # -- a quota counted inside a write's own statement --------------------------------------------
+@functools.lru_cache(maxsize=32)
+def _parse(limit: str) -> tuple[int, int]:
+    import limits
+
+    item = limits.parse(limit)
+    return item.amount, item.get_expiry()
+
+
 class Exceeded(GisgridError):
     """Too many requests in the window: 429, with when to retry."""
     status = 429
@@ -85,11 +101,10 @@ class Quota:
 
     @classmethod
     def parse(cls, key: str, limit: str) -> "Quota":
-        """From Flask-Limiter's syntax (``"120 per minute"``), parsed by the limits library."""
-        import limits
-
-        item = limits.parse(limit)
-        return cls(key[:300], item.amount, item.get_expiry())
+        """From Flask-Limiter's syntax (``"120 per minute"``), parsed by the limits library
+        (once per limit string: this runs on every report)."""
+        amount, seconds = _parse(limit)
+        return cls(key[:300], amount, seconds)
 
     def params(self) -> dict:
         return {"qk": self.key, "qn": self.amount, "qs": self.seconds}
@@ -105,11 +120,6 @@ class Quota:
         return out
 
 
-#: a CTE body (name it ``quota``): one hit on the quota bound as :qk, :qn, :qs, as :data:`_INCR`
-#: does; its row has ``count``, ``allowed`` and ``reset`` (epoch seconds)
-HIT_SQL = (
-    "INSERT INTO rate_limit AS r (key, count, expires_at) VALUES (:qk, 1, now() + make_interval(secs => :qs)) "
-    "ON CONFLICT (key) DO UPDATE SET "
-    "count = CASE WHEN r.expires_at <= now() THEN 1 ELSE r.count + 1 END, "
-    "expires_at = CASE WHEN r.expires_at <= now() THEN EXCLUDED.expires_at ELSE r.expires_at END "
-    "RETURNING count, count <= :qn AS allowed, extract(epoch FROM expires_at) AS reset")
+#: a CTE body (name it ``quota``): one hit on the quota bound as :qk, :qn, :qs (:func:`_hit_sql`,
+#: as the Flask-Limiter storage's hits); its row has ``count``, ``reset`` and ``allowed``
+HIT_SQL = _hit_sql(":qk", "1", ":qs", also=", count <= :qn AS allowed")
