@@ -50,10 +50,6 @@ class PrincipalCache:
         self._conn = None
 
     # -- the memory ---------------------------------------------------------------------------
-    @property
-    def live(self) -> bool:
-        return self._live
-
     def generation(self) -> int:
         return self._generation
 
