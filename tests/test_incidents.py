@@ -84,9 +84,10 @@ def test_report_is_linked_routed_and_timed(worker, g):
 def test_report_answer_is_the_incident_as_read_back(worker, g):
     """The report's answer is built inside the inserting statement; it must say what a read of
     the stored incident says, field for field (plus the possible duplicates)."""
-    first = file_report(worker, g, address="测试路1号", accuracy_m=3.5)
+    # a category no other test reports at this point: the ten nearest duplicates include the first
+    first = file_report(worker, g, address="测试路1号", accuracy_m=3.5, category="floating_population")
     for _ in range(8):       # timestamps of every sub-second shape (the database trims trailing zeros)
-        made = file_report(worker, g, address="测试路1号", accuracy_m=3.5)
+        made = file_report(worker, g, address="测试路1号", accuracy_m=3.5, category="floating_population")
         assert made.status_code == 201
         answer = made.json
         stored = worker.get(f"/api/incidents/{answer['code']}").json

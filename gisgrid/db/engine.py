@@ -77,5 +77,11 @@ def make_engine(url: str, *, statement_timeout_ms: int | None = None, server_set
     return engine
 
 
+def libpq_url(engine: Engine) -> str:
+    """The engine's database as a plain libpq URL, for connections made with psycopg directly
+    (a LISTEN connection, the rate-limit counters' connections)."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)

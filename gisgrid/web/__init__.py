@@ -11,7 +11,7 @@ from gisgrid import config
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
-    from gisgrid.db.engine import database_url, make_engine, make_sessionmaker
+    from gisgrid.db.engine import database_url, libpq_url, make_engine, make_sessionmaker
     from gisgrid.web import (api, assets, auth, errors, incidents, onemap, open311, pages, patrol, plans,
                              principals, security, tiles, transfer)
 
@@ -40,9 +40,8 @@ def create_app(overrides: dict | None = None) -> Flask:
                                      engine.execution_options(isolation_level="AUTOCOMMIT")),
                                  "tile_sessions": make_sessionmaker(tile_engine),
                                  "tile_cache": tiles.TileCache(settings.tile_cache_mb * 1024 * 1024),
-                                 "principals": principals.PrincipalCache(
-                                     engine.url.render_as_string(hide_password=False).replace("+psycopg", ""),
-                                     ttl=settings.auth_cache_seconds),
+                                 "principals": principals.PrincipalCache(libpq_url(engine),
+                                                                         ttl=settings.auth_cache_seconds),
                                  "counter_connections": auth.CounterConnections(engine)}
     assets.localise_folium()
     errors.register(app)
@@ -64,7 +63,7 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     @app.teardown_appcontext
     def _close_session(exc):
-        for name in ("db", "db_autocommit", "db_tiles"):
+        for name in _SESSIONS:
             s = g.pop(name, None)
             if s is not None:
                 try:

@@ -96,7 +96,9 @@ class CounterConnections:
     def __init__(self, engine):
         from sqlalchemy import event
 
-        self._url = engine.url.render_as_string(hide_password=False).replace("+psycopg", "")
+        from gisgrid.db.engine import libpq_url
+
+        self._url = libpq_url(engine)
         self._local = threading.local()
         self._all: list = []
         self._lock = threading.Lock()
