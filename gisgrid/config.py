@@ -40,7 +40,7 @@ class Settings:
     #: ``GISGRID_COOKIE_SECURE``: send the session cookie over HTTPS only (browsers also accept
     #: Secure cookies from http://localhost and 127.0.0.1, so the demo works with it on).
     cookie_secure: bool = True
-    #: ``GISGRID_LOGIN_LIMIT``: login attempts per client address (Flask-Limiter syntax).
+    #: ``GISGRID_LOGIN_LIMIT``: login attempts per client address ("10 per minute": the limits library's syntax).
     login_limit: str = "10 per minute"
     #: ``GISGRID_REPORT_LIMIT``: incident reports per user.
     report_limit: str = "120 per minute"

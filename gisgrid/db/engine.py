@@ -51,11 +51,7 @@ def make_engine(url: str, *, statement_timeout_ms: int | None = None, server_set
     planned for its own parameters (what tile statements need: a generic plan cannot see how
     many rows a box holds).
     """
-    connect_args = {"connect_timeout": 10}
-    options = {**({"statement_timeout": int(statement_timeout_ms)} if statement_timeout_ms else {}),
-               **(server_settings or {})}
-    if options:
-        connect_args["options"] = " ".join(f"-c {k}={v}" for k, v in options.items())
+    connect_args = _connect_args(statement_timeout_ms, server_settings)
     if not prepare:      # every statement planned for its own parameters (no server-side prepared plans)
         connect_args["prepare_threshold"] = None
     engine = create_engine(url, connect_args=connect_args, **kw)
@@ -75,6 +71,73 @@ def make_engine(url: str, *, statement_timeout_ms: int | None = None, server_set
             if not ok:
                 raise exc.DisconnectionError("stale pooled connection")
     return engine
+
+
+def _connect_args(statement_timeout_ms: int | None = None, server_settings: dict | None = None) -> dict:
+    """libpq connection arguments: a connect timeout, and PostgreSQL settings (``-c name=value``)."""
+    args: dict = {"connect_timeout": 10}
+    options = {**({"statement_timeout": int(statement_timeout_ms)} if statement_timeout_ms else {}),
+               **(server_settings or {})}
+    if options:
+        args["options"] = " ".join(f"-c {k}={v}" for k, v in options.items())
+    return args
+
+
+class ThreadConnections:
+    """One autocommitted psycopg connection per thread, for hot paths whose whole work is one
+    statement (a field report, a rate-limit hit): a pool checkout, an ORM session and their
+    reset on return cost more CPU than such a statement. Made on first use, pinged when it sat
+    idle longer than ``PING_AFTER_IDLE_S`` (as the engine's pool does), replaced after an error;
+    all closed when ``engine`` is disposed."""
+
+    def __init__(self, engine: Engine, *, application_name: str, statement_timeout_ms: int | None = None):
+        import threading
+
+        self._url = libpq_url(engine)
+        self._args = {**_connect_args(statement_timeout_ms), "application_name": application_name}
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+        event.listen(engine, "engine_disposed", lambda _engine: self.close_all())
+
+    def get(self):
+        """This thread's connection, alive as far as a ping after idleness can tell."""
+        import psycopg
+
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not (conn.closed or conn.broken) \
+                and time.monotonic() - self._local.used > PING_AFTER_IDLE_S:
+            try:
+                conn.execute("")
+            except psycopg.Error:
+                conn.close()
+        if conn is None or conn.closed or conn.broken:
+            conn = self._local.conn = psycopg.connect(self._url, autocommit=True, **self._args)
+            with self._lock:
+                self._all = [c for c in self._all if not c.closed] + [conn]
+        self._local.used = time.monotonic()
+        return conn
+
+    def run(self, work, *, retry: bool = False):
+        """``work(connection)`` on this thread's connection. A connection that fails
+        (``psycopg.OperationalError``: the database went away) is closed; with ``retry`` the
+        work is tried once more on a new one (only for work that may safely run twice)."""
+        import psycopg
+
+        for attempt in (1, 2):
+            conn = self.get()
+            try:
+                return work(conn)
+            except psycopg.OperationalError:
+                conn.close()
+                if attempt == 2 or not retry:
+                    raise
+
+    def close_all(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for c in conns:
+            c.close()
 
 
 def libpq_url(engine: Engine) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from datetime import datetime
 
 from sqlalchemy import (Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, String, Text,
@@ -25,6 +24,7 @@ STATES = {
     "feedback": "已反馈", "evaluated": "已评价", "closed": "已办结",
 }
 OPEN_STATES = ("reported", "accepted", "dispatched", "handling", "feedback")
+OPEN_STATES_LIST = list(OPEN_STATES)      # as an SQL array parameter
 CATEGORIES = {
     "dispute": "矛盾纠纷", "security": "治安隐患", "fire": "消防安全", "gas": "燃气安全",
     "building_safety": "房屋安全", "city_management": "城市管理", "sanitation": "环境卫生",
@@ -192,7 +192,7 @@ def set_category(session, actor: str, code: str, *, district_code: str | None, n
 def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", description="", address=None,
            source="patrol", reporter=None, accuracy_m=None, idempotency_key=None,
            duplicate_metres: float = DUPLICATE_METRES, duplicate_hours: float = DUPLICATE_HOURS,
-           quota=None) -> tuple[dict, bool]:
+           quota=None, conn=None) -> tuple[dict, bool]:
     """File a report: validate, insert once per idempotency key, link to its grid in the same
     transaction, route it (grid team, or the street/district centre when outside every grid),
     start its first deadline and history. Returns ``(incident, created)``; a retry with the
@@ -201,11 +201,16 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
     ``quota`` (a :class:`gisgrid.layers.rate_limits.Quota`): count this attempt against it in
     the same statement, write nothing past it (raises ``rate_limits.Exceeded``, 429), and fill in
     its count and window end.
+
+    ``conn``: an autocommitted psycopg connection to run the statement on, instead of
+    ``session`` (the web app's per-thread connection: no pool checkout, no ORM round about a
+    single statement); ``session`` is then used only when nothing was written (a retry, an
+    unknown category), to say why.
     """
     from sqlalchemy import text
 
     from gisgrid.errors import InvalidInput, UnknownReference
-    from gisgrid.spatial.crs import canonical, point_to_storage
+    from gisgrid.spatial.crs import canonical, lonlat_to_storage
 
     for name, value in (("description", description), ("address", address), ("reporter", reporter),
                         ("idempotency_key", idempotency_key)):
@@ -222,21 +227,24 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
             raise InvalidInput(f"accuracy_m must be a number of metres, got {accuracy_m!r}", field="accuracy_m") from None
         if not 0 <= accuracy_m <= 100_000:
             raise InvalidInput(f"accuracy_m must be between 0 and 100000, got {accuracy_m}", field="accuracy_m")
-    p = point_to_storage(lon, lat, crs)
+    x, y = lonlat_to_storage(lon, lat, crs)
     crs = canonical(crs)        # gcj02, bd09 or EPSG:n, as stored in input_crs
-    row = session.execute(_report_statement(quota is not None), {
+    params = {
         "key": idempotency_key, "cat": category, "descr": description or "", "addr": address, "src": source,
-        "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": p.x, "y": p.y, "actor": actor,
-        "open": list(OPEN_STATES), "m": duplicate_metres, "s": duplicate_hours * 3600,
+        "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": x, "y": y, "actor": actor,
+        "open": OPEN_STATES_LIST, "m": duplicate_metres, "s": duplicate_hours * 3600,
         **(quota.params() if quota is not None else {}),
-    }).mappings().one()
-    if quota is not None:
-        from gisgrid.layers import rate_limits
+    }
+    if conn is None:
+        row = session.execute(_report_statement(quota is not None), params).mappings().one()
+    else:
+        from psycopg.rows import dict_row
 
+        with conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(_report_driver_sql(quota is not None), params).fetchone()
+    if quota is not None:
         quota.count, quota.reset = row["quota_count"], float(row["quota_reset"])
-        if quota.count > quota.amount:
-            raise rate_limits.Exceeded(f"at most {quota.amount} reports per {quota.seconds} s; "
-                                       f"retry in {max(1, int(quota.reset - time.time()))} s", quota)
+        quota.refuse_if_exceeded("reports")
     if row["i"] is None:       # nothing written: a retry of a report already filed, or a bad category
         found = idempotency_key and session.execute(
             text("SELECT code FROM incident WHERE idempotency_key = :k"), {"k": idempotency_key}).scalar()
@@ -252,7 +260,7 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
     new = {k: both[k] for k in _NEW_COLUMNS}
     for k in ("reported_at", "updated_at", "deadline", "closed_at"):   # JSON text → the datetimes detail() has
         new[k] = datetime.fromisoformat(new[k]) if new[k] else None
-    new.update(lon=p.x, lat=p.y, assignee=None, assignee_name=None, merged_into=None, overdue=False, photos=[])
+    new.update(lon=x, lat=y, assignee=None, assignee_name=None, merged_into=None, overdue=False, photos=[])
     out = _detail_out(new)
     out["possible_duplicates"] = row["possible_duplicates"] or []
     return out, True
@@ -282,6 +290,14 @@ def _report_statement(quota: bool):
     from sqlalchemy import text
 
     return text(" ".join(_report_sql(quota).split()))
+
+
+@functools.cache
+def _report_driver_sql(quota: bool) -> str:
+    """:func:`_report_statement` as psycopg runs it (``%(name)s`` parameters)."""
+    from sqlalchemy.dialects.postgresql import psycopg
+
+    return str(_report_statement(quota).compile(dialect=psycopg.dialect()))
 
 
 def _report_sql(quota: bool) -> str:

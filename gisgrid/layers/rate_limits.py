@@ -1,6 +1,6 @@
 """Rate-limit counters shared by every web worker process (fixed windows, in PostgreSQL).
 
-Flask-Limiter's memory storage counts per process: with several worker processes a login
+Counters kept in process memory count per process: with several worker processes a login
 limit of 5 a minute would become 5 per worker. These counters live in one UNLOGGED table
 (not WAL-logged, emptied after a crash, which is harmless for counters), one row per key.
 The functions take a plain autocommitted psycopg connection: a hit is on every limited request,
@@ -51,16 +51,6 @@ def incr(conn: psycopg.Connection, key: str, expiry: int, amount: int = 1) -> tu
     return count, float(ends)
 
 
-def get(conn: psycopg.Connection, key: str) -> int:
-    found = conn.execute("SELECT count FROM rate_limit WHERE key = %s AND expires_at > now()", (key[:300],)).fetchone()
-    return found[0] if found else 0
-
-
-def expiry(conn: psycopg.Connection, key: str) -> float:
-    """When ``key``'s window ends (epoch seconds; now if it has none)."""
-    found = conn.execute("SELECT extract(epoch FROM expires_at) FROM rate_limit WHERE key = %s AND "
-                         "expires_at > now()", (key[:300],)).fetchone()
-    return float(found[0]) if found else time.time()
 
 
 def clear(conn: psycopg.Connection, key: str | None = None) -> int:
@@ -101,16 +91,22 @@ class Quota:
 
     @classmethod
     def parse(cls, key: str, limit: str) -> "Quota":
-        """From Flask-Limiter's syntax (``"120 per minute"``), parsed by the limits library
-        (once per limit string: this runs on every report)."""
+        """From the limits library's syntax (``"120 per minute"``), parsed by it (once per limit
+        string: this runs on every report)."""
         amount, seconds = _parse(limit)
         return cls(key[:300], amount, seconds)
+
+    def refuse_if_exceeded(self, what: str = "requests") -> None:
+        """Raise :class:`Exceeded` (429) when the counted attempt was past the quota."""
+        if self.count is not None and self.count > self.amount:
+            raise Exceeded(f"at most {self.amount} {what} per {self.seconds} s; "
+                           f"retry in {max(1, int(self.reset - time.time()))} s", self)
 
     def params(self) -> dict:
         return {"qk": self.key, "qn": self.amount, "qs": self.seconds}
 
     def headers(self) -> dict:
-        """The rate-limit headers Flask-Limiter sends for its own limits."""
+        """The usual rate-limit headers (as Flask-Limiter and most APIs send them)."""
         reset = int(self.reset if self.reset is not None else time.time() + self.seconds)
         out = {"X-RateLimit-Limit": str(self.amount),
                "X-RateLimit-Remaining": str(max(0, self.amount - (self.count or 0))),
@@ -121,5 +117,12 @@ class Quota:
 
 
 #: a CTE body (name it ``quota``): one hit on the quota bound as :qk, :qn, :qs (:func:`_hit_sql`,
-#: as the Flask-Limiter storage's hits); its row has ``count``, ``reset`` and ``allowed``
+#: as :func:`hit`); its row has ``count``, ``reset`` and ``allowed``
 HIT_SQL = _hit_sql(":qk", "1", ":qs", also=", count <= :qn AS allowed")
+
+
+def hit(conn: psycopg.Connection, quota: Quota) -> Quota:
+    """Count one attempt against ``quota`` in a statement of its own; fills in its count and
+    window end."""
+    quota.count, quota.reset = incr(conn, quota.key, quota.seconds)
+    return quota

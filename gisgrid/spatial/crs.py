@@ -239,12 +239,19 @@ def point_to_storage(x, y, crs="EPSG:4326"):
     Raises InvalidGeometry (not numbers, not finite, outside lon/lat after transformation) or
     InvalidInput (unknown CRS).
     """
+    from shapely.geometry import Point
+
+    return Point(*lonlat_to_storage(x, y, crs))
+
+
+def lonlat_to_storage(x, y, crs="EPSG:4326") -> tuple[float, float]:
+    """:func:`point_to_storage` as the two floats (lon, lat), with the same checks."""
     from gisgrid.errors import InvalidGeometry
-    from gisgrid.spatial.geometry import point
+    from gisgrid.spatial.geometry import lonlat
 
     name = canonical(crs)
     if name.startswith("EPSG:") and int(name[5:]) in _SAME_AS_STORAGE:
-        return point(x, y)
+        return lonlat(x, y)
     try:
         fx, fy = float(x), float(y)
     except (TypeError, ValueError):
@@ -252,8 +259,8 @@ def point_to_storage(x, y, crs="EPSG:4326"):
     if not (math.isfinite(fx) and math.isfinite(fy)):
         raise InvalidGeometry(f"lon/lat must be finite, got {x!r}, {y!r}", field="lon/lat")
     if name in _TO_WGS:
-        point(fx, fy)          # degrees: range-check before the offset
+        lonlat(fx, fy)         # degrees: range-check before the offset
     tx, ty = (float(v) for v in xy_to_storage(fx, fy, name))
     if not (math.isfinite(tx) and math.isfinite(ty)):
         raise InvalidGeometry(f"({fx}, {fy}) in {crs} has no position in lon/lat", field="lon/lat")
-    return point(tx, ty)
+    return lonlat(tx, ty)

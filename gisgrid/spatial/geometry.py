@@ -29,6 +29,11 @@ def from_geojson(obj, *, record: str | None = None, field: str = "geometry") -> 
 def point(lon, lat, *, record: str | None = None) -> Point:
     """A lon/lat point, refusing non-numbers, NaN and out-of-range values (a swapped lat/lon
     pair in China is caught by the latitude range only when lon > 90; extents catch the rest)."""
+    return Point(*lonlat(lon, lat, record=record))
+
+
+def lonlat(lon, lat, *, record: str | None = None) -> tuple[float, float]:
+    """:func:`point`'s checks, answering the two floats (no geometry object made)."""
     try:
         x, y = float(lon), float(lat)
     except (TypeError, ValueError):
@@ -39,7 +44,7 @@ def point(lon, lat, *, record: str | None = None) -> Point:
         raise InvalidGeometry(f"longitude {x} outside [-180, 180]", record=record, field="lon")
     if not -90 <= y <= 90:
         raise InvalidGeometry(f"latitude {y} outside [-90, 90]", record=record, field="lat")
-    return Point(x, y)
+    return x, y
 
 
 def check(geom, allowed: tuple[str, ...], *, record: str | None = None, field: str = "geometry") -> BaseGeometry:

@@ -11,7 +11,7 @@ from gisgrid import config
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
-    from gisgrid.db.engine import database_url, libpq_url, make_engine, make_sessionmaker
+    from gisgrid.db.engine import ThreadConnections, database_url, libpq_url, make_engine, make_sessionmaker
     from gisgrid.web import (api, assets, auth, errors, incidents, onemap, open311, pages, patrol, plans,
                              principals, security, tiles, transfer)
 
@@ -28,6 +28,7 @@ def create_app(overrides: dict | None = None) -> Flask:
         GISGRID_REPORT_LIMIT=settings.report_limit,
     )
     app.json.ensure_ascii = False
+    app.session_interface = auth.CookieSessions()
     engine = make_engine(database_url(settings), statement_timeout_ms=30_000)
     # vector tiles: autocommitted single statements (no BEGIN/ROLLBACK round trips), planned
     # for their own box every time, and never JIT-compiled (seconds of LLVM for a statement
@@ -42,13 +43,14 @@ def create_app(overrides: dict | None = None) -> Flask:
                                  "tile_cache": tiles.TileCache(settings.tile_cache_mb * 1024 * 1024),
                                  "principals": principals.PrincipalCache(libpq_url(engine),
                                                                          ttl=settings.auth_cache_seconds),
-                                 "counter_connections": auth.CounterConnections(engine)}
+                                 # one-statement hot paths (reports, rate-limit hits): a connection per thread
+                                 "thread_connections": ThreadConnections(engine, application_name="gisgrid",
+                                                                         statement_timeout_ms=30_000)}
     assets.localise_folium()
     errors.register(app)
     app.before_request(transfer.upload_limit)       # before any hook reads the form (NUL check, CSRF)
     security.register(app, settings.basemap_url)
     auth.csrf.init_app(app)
-    auth.limiter.init_app(app)
     app.before_request(auth.load_principal)
     app.register_blueprint(auth.bp)
     app.register_blueprint(api.bp)

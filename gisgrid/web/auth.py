@@ -10,16 +10,13 @@
 """
 from __future__ import annotations
 
-import threading
+import functools
 from datetime import datetime, timezone
 from urllib.parse import urlparse
 
-from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
+from flask import Blueprint, current_app, g, make_response, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
-import psycopg
-from limits.storage import Storage
 
 from gisgrid import authz
 from gisgrid.errors import GisgridError, InvalidInput
@@ -29,99 +26,45 @@ bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
 
 
-class SharedCounters(Storage):
-    """Flask-Limiter storage ``gisgrid://``: the counters of :mod:`gisgrid.layers.rate_limits`
-    in the current app's database, so every worker process counts against the same limit.
-    Each hit is its own autocommitted statement, outside the request's transaction: a refused
-    or failed request still counts. The count and window end a hit returns are kept for the
-    rest of the request, so the rate-limit headers cost no second query."""
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signing serializer made once per key: Flask
+    makes a new one on every request, with a cookie or without."""
 
-    STORAGE_SCHEME = ["gisgrid"]
+    _made = None
 
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options):
-        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-
-    @property
-    def base_exceptions(self):
-        return psycopg.Error
-
-    def _run(self, work):
-        """``work(connection)`` on this thread's counter connection. A connection found dead
-        (the database restarted since it was made) is replaced and the work tried once more;
-        a second failure propagates (503, as any unreachable database)."""
-        conns = current_app.extensions["gisgrid"]["counter_connections"]
-        for attempt in (1, 2):
-            conn = conns.get()
-            try:
-                return work(conn)
-            except psycopg.OperationalError:
-                conn.close()
-                if attempt == 2:
-                    raise
-
-    def _seen(self) -> dict:
-        if "rate_windows" not in g:
-            g.rate_windows = {}
-        return g.rate_windows
-
-    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        count, ends = self._run(lambda c: rate_limits.incr(c, key, expiry, amount))
-        self._seen()[key] = (count, ends)
-        return count
-
-    def get(self, key: str) -> int:
-        if key in self._seen():
-            return self._seen()[key][0]
-        return self._run(lambda c: rate_limits.get(c, key))
-
-    def get_expiry(self, key: str) -> float:
-        if key in self._seen():
-            return self._seen()[key][1]
-        return self._run(lambda c: rate_limits.expiry(c, key))
-
-    def check(self) -> bool:
-        return self._run(lambda c: c.execute("SELECT true").fetchone()[0])
-
-    def reset(self) -> int | None:
-        return self._run(rate_limits.clear)
-
-    def clear(self, key: str) -> None:
-        self._run(lambda c: rate_limits.clear(c, key))
+    def get_signing_serializer(self, app):
+        keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        made = self._made
+        if made is None or made[0] != keys:
+            made = self._made = (keys, super().get_signing_serializer(app))
+        return made[1]
 
 
-class CounterConnections:
-    """One autocommitted psycopg connection per thread for the rate-limit counters, made on
-    first use and replaced after an error; all closed when the app's engine is disposed."""
-
-    def __init__(self, engine):
-        from sqlalchemy import event
-
-        from gisgrid.db.engine import libpq_url
-
-        self._url = libpq_url(engine)
-        self._local = threading.local()
-        self._all: list = []
-        self._lock = threading.Lock()
-        event.listen(engine, "engine_disposed", lambda _engine: self.close_all())
-
-    def get(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.broken:
-            conn = self._local.conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5,
-                                                      application_name="gisgrid rate limits")
-            with self._lock:
-                self._all = [c for c in self._all if not c.closed] + [conn]
-        return conn
-
-    def close_all(self) -> None:
-        with self._lock:
-            conns, self._all = self._all, []
-        for c in conns:
-            c.close()
+def limited(limit, *, key=None, methods=None):
+    """Refuse a view's callers past ``limit`` (``"10 per minute"``, or a callable giving it) per
+    ``key()`` (default: the client's address), counted in the database so that every worker
+    process shares one count (:mod:`gisgrid.layers.rate_limits`, a fixed window). Past it:
+    429 with ``Retry-After``, the view not run. Every answer carries the ``X-RateLimit-*``
+    headers. ``methods``: count only these (others pass). Stacked limits on one view need
+    keys of their own (the counter is the endpoint's and the key's)."""
+    def deco(view):
+        @functools.wraps(view)
+        def inner(*args, **kwargs):
+            if methods is not None and request.method not in methods:
+                return view(*args, **kwargs)
+            who = key() if key is not None else (request.remote_addr or "-")
+            quota = rate_limits.Quota.parse(f"{request.endpoint}:{who}", limit() if callable(limit) else limit)
+            conns = current_app.extensions["gisgrid"]["thread_connections"]
+            conns.run(lambda conn: rate_limits.hit(conn, quota), retry=True)   # counting twice is harmless
+            quota.refuse_if_exceeded()
+            response = make_response(view(*args, **kwargs))
+            for name, value in quota.headers().items():
+                response.headers.setdefault(name, value)      # the innermost limit's, when stacked
+            return response
+        return inner
+    return deco
 
 
-limiter = Limiter(key_func=get_remote_address, storage_uri="gisgrid://", default_limits=[],
-                  headers_enabled=True)
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -237,8 +180,8 @@ def _safe_next(target: str | None) -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 @public
-@limiter.limit(lambda: current_app.config["GISGRID_LOGIN_LIMIT"], methods=["POST"])
-@limiter.limit("5 per minute", methods=["POST"], key_func=lambda: "user:" + request.form.get("username", ""))
+@limited(lambda: current_app.config["GISGRID_LOGIN_LIMIT"], methods=("POST",))
+@limited("5 per minute", methods=("POST",), key=lambda: "user:" + request.form.get("username", ""))
 def login():
     from gisgrid.web import db, i18n
 
@@ -248,14 +191,14 @@ def login():
         username = request.form.get("username", "")
         user = users.authenticate(s, username, request.form.get("password", ""))
         if user is None:
-            audit.record(s, username[:100] or None, "login_failed", "user", None, reason=get_remote_address())
+            audit.record(s, username[:100] or None, "login_failed", "user", None, reason=request.remote_addr)
             s.commit()
             error = i18n.t("login_failed")
         else:
             session.clear()
             session.permanent = True
             session["uid"], session["sv"] = user.id, user.session_version
-            audit.record(s, user.username, "login", "user", user.id, reason=get_remote_address())
+            audit.record(s, user.username, "login", "user", user.id, reason=request.remote_addr)
             s.commit()
             return redirect(_safe_next(request.args.get("next")))
     return render_template("login.html", error=error, t=i18n.t, lang=i18n.lang()), (401 if error else 200)

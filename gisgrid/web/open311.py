@@ -79,7 +79,7 @@ from gisgrid import authz
 from gisgrid.errors import GisgridError, InvalidInput, NotFound, UnknownReference
 from gisgrid.layers import incidents
 from gisgrid.web import db, settings
-from gisgrid.web.auth import limiter, needs, principal, public
+from gisgrid.web.auth import limited, needs, principal, public
 
 bp = Blueprint("open311", __name__, url_prefix="/open311/v2")
 
@@ -397,7 +397,7 @@ def _reporter(first: str, last: str) -> str | None:
 
 @bp.post("/requests.<fmt>")
 @needs("report")
-@limiter.limit(_report_limit, key_func=_caller_key)
+@limited(_report_limit, key=_caller_key)
 def request_create(fmt):
     """File a service request (form-urlencoded) as a gisgrid incident from a resident."""
     fmt = _format(fmt)

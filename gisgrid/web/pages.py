@@ -22,10 +22,9 @@ STATE_COLOURS = {"reported": "#d7301f", "accepted": "#fc8d59", "dispatched": "#f
 @public
 def healthz():
     """Liveness and database reachability, for load balancers and the tests (no data)."""
-    from flask import jsonify
-    from sqlalchemy import text
+    from flask import current_app, jsonify
 
-    db().execute(text("SELECT 1"))
+    current_app.extensions["gisgrid"]["thread_connections"].run(lambda conn: conn.execute("SELECT 1"), retry=True)
     return jsonify({"ok": True})
 
 

@@ -13,7 +13,7 @@ from gisgrid import authz
 from gisgrid.errors import InvalidInput
 from gisgrid.layers import patrol, patrol_coverage
 from gisgrid.web import db, openapi, settings
-from gisgrid.web.auth import check_pagination, limiter, needs, principal
+from gisgrid.web.auth import check_pagination, limited, needs, principal
 from gisgrid.web.incidents import _caller_key, _json_body, _report_limit, download
 
 bp = Blueprint("patrol", __name__, url_prefix="/api/patrol")
@@ -379,7 +379,7 @@ def schedule_delete(sid):
 # -- check-ins ------------------------------------------------------------------------------------
 @bp.post("/checkins")
 @needs("report")
-@limiter.limit(_report_limit, key_func=_caller_key)
+@limited(_report_limit, key=_caller_key)
 def checkin():
     """Check in at a patrol point from the phone. Accepted when the distance to the point is at
     most its radius plus the GPS accuracy (the accuracy counting for at most the radius);
