@@ -451,17 +451,3 @@ def test_report_quota_is_counted_in_the_statement_and_refuses_past_it(app, g):
         assert file_report(other, g).status_code == 201
     finally:
         limited.extensions["gisgrid"]["engine"].dispose()
-
-
-def test_report_statement_fits_psycopg_statement_cache():
-    """psycopg converts a statement's named parameters once per text only up to 4,096 bytes
-    (MAX_CACHED_STATEMENT_LENGTH); above that it re-parses the report statement on every report
-    (measured: 7–9% of a worker's CPU under load). Keep both variants under it."""
-    import psycopg._queries
-    from sqlalchemy.dialects.postgresql import psycopg as dialect
-
-    from gisgrid.layers import incidents
-
-    for quota in (False, True):
-        sql = str(incidents._report_statement(quota).compile(dialect=dialect.dialect()))
-        assert len(sql.encode()) <= psycopg._queries.MAX_CACHED_STATEMENT_LENGTH, (quota, len(sql))

@@ -46,7 +46,9 @@ def team_sql(grid_id: str) -> str:
     order = ", ".join(f"'{r}'" for r in ORDER)
     return ("(SELECT coalesce(json_agg(json_build_object('name', s.name, 'phone', s.phone, 'role', a.role) "
             f"ORDER BY array_position(ARRAY[{order}], CAST(a.role AS text)), s.name), '[]') "
-            "FROM grid_assignment a JOIN staff s ON s.id = a.staff_id "
+            # each member by primary key (OFFSET 0 keeps the planner from hashing the whole
+            # staff table for a team of a few)
+            "FROM grid_assignment a CROSS JOIN LATERAL (SELECT name, phone FROM staff WHERE id = a.staff_id OFFSET 0) s "
             f"WHERE a.grid_id = {grid_id} AND a.valid_to IS NULL)")
 
 
