@@ -397,3 +397,44 @@ def test_api_coverage_and_uncovered_answer_for_the_caller(app):
     assert worker.get("/api/patrol/uncovered?area=12").json["field"] == "area"
     fc = worker.get("/api/patrol/uncovered?distance=100").json
     assert all(f["properties"]["code"] == cov["areas"][0]["code"] for f in fc["features"])
+
+
+def test_checkins_are_rate_limited_per_user_in_the_database(app, client):
+    """GISGRID_REPORT_LIMIT also bounds check-ins (auth.limited): counted per user in the shared
+    rate_limit table; past it 429 with Retry-After, and the refused check-in is not stored.
+    Another user's count is their own."""
+    import uuid
+
+    from conftest import login_as
+    from gisgrid.web import create_app
+
+    settings = app.extensions["gisgrid"]["settings"]
+    limited = create_app({"database_url": settings.database_url, "home": settings.home,
+                          "report_limit": "2 per minute"})
+    g = client.get("/api/grids").json["features"][0]
+    lon, lat = np.mean(g["geometry"]["coordinates"][0][0], axis=0)
+    code = f"PPLIM{uuid.uuid4().hex[:6]}"
+    fc = {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {
+        "type": "Point", "coordinates": [lon, lat]}, "properties": {"code": code, "name": "限流测试点", "radius_m": 40}}]}
+    assert call(client, "post", "/api/patrol/points", fc).status_code == 201
+    try:
+        with limited.extensions["gisgrid"]["sessions"]() as s:
+            s.execute(text("DELETE FROM rate_limit WHERE key LIKE 'patrol.checkin:%'"))
+            s.commit()
+        worker, admin = login_as(limited, "gridworker"), login_as(limited, "admin")
+
+        def check_in(who):
+            return call(who, "post", "/api/patrol/checkins", {"point": code, "lon": lon, "lat": lat},
+                        {"Idempotency-Key": str(uuid.uuid4())})
+
+        answers = [check_in(worker) for _ in range(3)]
+        assert [r.status_code for r in answers] == [201, 201, 429]
+        assert [r.headers["X-RateLimit-Remaining"] for r in answers] == ["1", "0", "0"]
+        assert all(r.headers["X-RateLimit-Limit"] == "2" for r in answers)
+        assert 1 <= int(answers[2].headers["Retry-After"]) <= 60 and "Retry-After" not in answers[1].headers
+        assert answers[2].json["error"] == "Exceeded" and "at most 2 requests per 60 s" in answers[2].json["message"]
+        assert worker.get(f"/api/patrol/checkins?point={code}").json["total"] == 2       # the refused one is not kept
+        assert check_in(admin).status_code == 201                                         # a count of their own
+    finally:
+        assert call(client, "delete", f"/api/patrol/points/{code}").status_code == 200
+        limited.extensions["gisgrid"]["engine"].dispose()
