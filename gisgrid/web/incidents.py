@@ -166,12 +166,11 @@ def report():
         raise InvalidInput(f"missing required field(s): {', '.join(missing)}", field=missing[0])
     key = request.headers.get("Idempotency-Key") or body.get("client_uuid")
     # a report is one statement (incidents.report), its quota hit included, run on this thread's
-    # own connection; the request's session is opened only to explain a report that wrote nothing
-    s = db(autocommit=True)
+    # own connection; the request's session is made only to explain a report that wrote nothing
     conn = current_app.extensions["gisgrid"]["thread_connections"].get()
     quota = rate_limits.Quota.parse(f"report:{principal().username}", current_app.config["GISGRID_REPORT_LIMIT"])
     out, created = incidents.report(
-        s, principal().username, category=body["category"], lon=body["lon"], lat=body["lat"],
+        lambda: db(autocommit=True), principal().username, category=body["category"], lon=body["lon"], lat=body["lat"],
         crs=body.get("crs", "EPSG:4326"), description=body.get("description", ""), address=body.get("address"),
         source=body.get("source", "patrol"), reporter=body.get("reporter"), accuracy_m=body.get("accuracy_m"),
         idempotency_key=key, duplicate_metres=settings().duplicate_metres,
