@@ -32,7 +32,7 @@ def test_database_restart(own_cluster):
     migrate.upgrade(eng)
     with make_sessionmaker(eng)() as s:
         u = users.add(s, "ops", "admin", [], "ops-password-123")
-        plain, _ = users.create_token(s, u, "probe", ["read"])
+        plain, _ = users.create_token(s, u, "probe", ["read", "report"])
         s.commit()
     eng.dispose()
     app = create_app({"database_url": own_cluster.url(), "home": own_cluster.home})
@@ -45,6 +45,12 @@ def test_database_restart(own_cluster):
     token = re.search(rb'name="csrf_token" value="([^"]+)"', c.get("/login").data).group(1).decode()
     login = {"username": "nobody", "password": "wrong-password", "csrf_token": token}
     assert c.post("/login", data=login).status_code == 401    # a rate-limit counter connection now exists
+    import uuid
+
+    def report():
+        return c.post("/api/incidents", json={"category": "sanitation", "lon": 114.3, "lat": 30.6},
+                      headers={**h, "Idempotency-Key": str(uuid.uuid4())})
+    assert report().status_code == 201      # reports run on this thread's own connection
 
     own_cluster.stop()
     t0 = time.monotonic()
@@ -54,10 +60,13 @@ def test_database_restart(own_cluster):
     assert time.monotonic() - t0 < 15          # fails fast, does not hang
 
     assert c.post("/login", data=login).status_code == 503
+    refused = report()
+    assert refused.status_code == 503 and refused.json["error"] == "DatabaseUnavailable"
 
     own_cluster.start()
     assert c.get("/api/me", headers=h).status_code == 200   # pool_pre_ping reconnects
     # the counters' connection died with the database: replaced on the next hit, not a 500
     assert c.post("/login", data=login).status_code == 401
+    assert report().status_code == 201      # the report's dead connection replaced too
     assert c.get("/healthz").json == {"ok": True}
     app.extensions["gisgrid"]["engine"].dispose()
