@@ -70,3 +70,34 @@ def test_database_restart(own_cluster):
     assert report().status_code == 201      # the report's dead connection replaced too
     assert c.get("/healthz").json == {"ok": True}
     app.extensions["gisgrid"]["engine"].dispose()
+
+
+def test_thread_connections_replace_a_connection_that_died_while_idle(db_url):
+    """A per-thread connection whose backend went away while it sat idle (a restart, an admin's
+    pg_terminate_backend) is noticed by the ping after idleness and replaced before use; one in
+    steady use is handed back as it is; each thread has its own; dispose closes them all."""
+    import threading
+
+    import psycopg
+
+    from gisgrid.db import engine as db_engine
+
+    eng = make_engine(db_url)
+    conns = db_engine.ThreadConnections(eng, application_name="gisgrid test")
+    try:
+        first = conns.get()
+        assert conns.get() is first and first.execute("SELECT 1").fetchone() == (1,)
+        with psycopg.connect(db_engine.libpq_url(eng), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (first.info.backend_pid,))
+        time.sleep(db_engine.PING_AFTER_IDLE_S + 0.2)
+        second = conns.get()
+        assert second is not first and first.closed
+        assert second.execute("SELECT 1").fetchone() == (1,)
+        other = []
+        t = threading.Thread(target=lambda: other.append(conns.get()))
+        t.start()
+        t.join()
+        assert other[0] is not second and other[0].info.backend_pid != second.info.backend_pid
+    finally:
+        eng.dispose()
+    assert second.closed and other[0].closed

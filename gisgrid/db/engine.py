@@ -142,7 +142,7 @@ class ThreadConnections:
 
 def libpq_url(engine: Engine) -> str:
     """The engine's database as a plain libpq URL, for connections made with psycopg directly
-    (a LISTEN connection, the rate-limit counters' connections)."""
+    (a LISTEN connection, :class:`ThreadConnections`)."""
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 

@@ -51,8 +51,6 @@ def incr(conn: psycopg.Connection, key: str, expiry: int, amount: int = 1) -> tu
     return count, float(ends)
 
 
-
-
 def clear(conn: psycopg.Connection, key: str | None = None) -> int:
     """Forget ``key`` (or every key); returns rows removed."""
     if key is None:
