@@ -24,7 +24,9 @@ STATES = {
     "feedback": "已反馈", "evaluated": "已评价", "closed": "已办结",
 }
 OPEN_STATES = ("reported", "accepted", "dispatched", "handling", "feedback")
-OPEN_STATES_LIST = list(OPEN_STATES)      # as an SQL array parameter
+#: the open states as an SQL list, for statements that are run often (an array parameter costs
+#: psycopg a Python-level dump on every call)
+OPEN_STATES_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATES) + ")"
 CATEGORIES = {
     "dispute": "矛盾纠纷", "security": "治安隐患", "fire": "消防安全", "gas": "燃气安全",
     "building_safety": "房屋安全", "city_management": "城市管理", "sanitation": "环境卫生",
@@ -67,7 +69,7 @@ class Incident(Base):
         valid(), types("geom", "Point"), gist("incident"),
         # the open incidents by deadline: "overdue" beside the tally (gisgrid.layers.tallies)
         Index("ix_incident_open_deadline", "deadline",
-              postgresql_where=text("state IN (" + ", ".join(f"'{s}'" for s in OPEN_STATES) + ")")),
+              postgresql_where=text(f"state IN {OPEN_STATES_SQL}")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -233,7 +235,7 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
     params = {
         "key": idempotency_key, "cat": category, "descr": description or "", "addr": address, "src": source,
         "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": x, "y": y, "actor": actor,
-        "open": OPEN_STATES_LIST, "m": duplicate_metres, "s": duplicate_hours * 3600,
+        "m": duplicate_metres, "s": duplicate_hours * 3600,
         **(quota.params() if quota is not None else {}),
     }
     if conn is None:
@@ -281,7 +283,7 @@ def _duplicates_sql(point: str, at: str, exclude: str) -> str:
         "(SELECT json_agg(json_build_object('code', d.code, 'state', d.state, 'metres', d.metres) "
         "ORDER BY d.metres, d.code) FROM (SELECT o.code, o.state, "
         f"round(ST_Distance(o.geom::geography, {point}::geography))::int AS metres FROM incident o "
-        f"WHERE o.category = :cat AND o.id <> {exclude} AND o.state = ANY(:open) "
+        f"WHERE o.category = :cat AND o.id <> {exclude} AND o.state IN {OPEN_STATES_SQL} "
         f"AND o.geom && ST_Expand({point}, :m / (111320.0 * greatest(cos(radians(ST_Y({point}))), 0.01))) "
         f"AND ST_DWithin(o.geom::geography, {point}::geography, :m) "
         f"AND abs(extract(epoch FROM o.reported_at - {at})) <= :s "
