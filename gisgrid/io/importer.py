@@ -410,6 +410,8 @@ def _geometry(rep: Report, spec: F.Layer, table: formats.Table, cols: dict, rown
     rep.crs = use
     if table.geometry is not None:
         geoms = np.asarray(table.geometry.values, dtype=object)
+    elif "lon" in cols and "lat" in cols and "Point" in spec.geometry:
+        return _lonlat_points(rep, spec, table.values[cols["lon"]], table.values[cols["lat"]], rownum, use, bad)
     elif "lon" in cols and "lat" in cols:
         geoms = _points(rep, table.values[cols["lon"]], table.values[cols["lat"]], rownum, bad)
     elif "wkt" in cols:
@@ -451,7 +453,8 @@ def _safe_canonical(c):
         return None
 
 
-def _points(rep, lon, lat, rownum, bad):
+def _coordinates(rep, lon, lat, rownum, bad):
+    """The lon/lat columns as float arrays (NaN where not both given), their problems reported."""
     x = pd.to_numeric(lon, errors="coerce").to_numpy(dtype=float)
     y = pd.to_numeric(lat, errors="coerce").to_numpy(dtype=float)
     blank_x, blank_y = _blank_series(lon), _blank_series(lat)
@@ -461,14 +464,49 @@ def _points(rep, lon, lat, rownum, bad):
         for i in np.flatnonzero(wrong):
             rep.add(int(rownum[i]), name, raw[i], "not a number")
         bad |= wrong
-    both = np.isfinite(x) & np.isfinite(y)
     half = (blank_x ^ blank_y)
     for i in np.flatnonzero(half & ~bad):
         rep.add(int(rownum[i]), "lon" if blank_x[i] else "lat", None, "lon and lat must be given together")
     bad |= half
+    both = np.isfinite(x) & np.isfinite(y)
+    return np.where(both, x, np.nan), np.where(both, y, np.nan)
+
+
+def _points(rep, lon, lat, rownum, bad):
+    x, y = _coordinates(rep, lon, lat, rownum, bad)
+    both = np.isfinite(x)
     out = np.full(len(x), None, dtype=object)
     out[both] = shapely.points(x[both], y[both])
     return out
+
+
+def _lonlat_points(rep, spec, lon, lat, rownum, use, bad):
+    """:func:`_geometry` for lon/lat columns of a layer that takes points, on the coordinate
+    arrays: the same checks, problems and result, without a geometry object per step (a point
+    made of two finite numbers is never empty nor invalid). A million points in a fraction of
+    the time."""
+    x, y = _coordinates(rep, lon, lat, rownum, bad)
+    given = np.isfinite(x)
+    if spec.geometry_required:
+        missing = ~given & ~bad
+        for i in np.flatnonzero(missing):
+            rep.add(int(rownum[i]), "geometry", None, "geometry is missing")
+        bad |= missing
+    ok = np.flatnonzero(given & ~bad)
+    try:
+        sx, sy = (np.asarray(v, dtype=float) for v in crs_mod.xy_to_storage(x[ok], y[ok], use))
+    except Exception as e:  # pyproj refuses some coordinates outright
+        rep.add(None, "crs", use, f"cannot transform the geometries from {use}: {e}")
+        return None, bad
+    finite = np.isfinite(sx) & np.isfinite(sy)
+    inside = finite & (np.abs(sx) <= 180) & (np.abs(sy) <= 90)
+    for j in np.flatnonzero(~inside):
+        rep.add(int(rownum[ok[j]]), "geometry", f"x {sx[j]:.6g}..{sx[j]:.6g}, y {sy[j]:.6g}..{sy[j]:.6g}",
+                _OUT_OF_RANGE if finite[j] else _NOT_FINITE)
+    bad[ok[~inside]] = True
+    out = np.full(len(x), None, dtype=object)
+    out[ok[inside]] = shapely.points(sx[inside], sy[inside])
+    return out, bad
 
 
 def _wkt(rep, series, rownum, bad):
@@ -503,6 +541,11 @@ def _check_shapes(rep, spec, g, has, rownum, bad):
         bad[has[j]] = True
 
 
+_OUT_OF_RANGE = ("coordinates outside lon/lat range after conversion to EPSG:4326: projected coordinates "
+                 "without --crs, or lat/lon swapped?")
+_NOT_FINITE = "coordinates contain NaN or infinity"
+
+
 def _ranges_and_validity(rep, spec, g, idx, rownum, bad, make_valid):
     coords_ok = np.ones(len(g), dtype=bool)
     bounds = shapely.bounds(g)
@@ -511,8 +554,7 @@ def _ranges_and_validity(rep, spec, g, idx, rownum, bad, make_valid):
     for j in np.flatnonzero(~inside):
         b = bounds[j]
         rep.add(int(rownum[idx[j]]), "geometry", f"x {b[0]:.6g}..{b[2]:.6g}, y {b[1]:.6g}..{b[3]:.6g}",
-                "coordinates outside lon/lat range after conversion to EPSG:4326: projected coordinates "
-                "without --crs, or lat/lon swapped?" if finite[j] else "coordinates contain NaN or infinity")
+                _OUT_OF_RANGE if finite[j] else _NOT_FINITE)
         bad[idx[j]] = True
         coords_ok[j] = False
     valid = shapely.is_valid(g) | ~coords_ok
