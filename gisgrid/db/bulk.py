@@ -55,7 +55,12 @@ def binary_types(session: Session, table: str, columns: list[str]) -> list[str] 
     return None if None in types else types
 
 
-def copy_binary(session: Session, table: str, df: pd.DataFrame, types: list[str], chunk_rows: int = 100_000) -> int:
+def _driver(target):
+    """The psycopg connection of a session (its transaction's), or ``target`` itself when it is one."""
+    return target.connection().connection.driver_connection if isinstance(target, Session) else target
+
+
+def copy_binary(session, table: str, df: pd.DataFrame, types: list[str], chunk_rows: int = 100_000) -> int:
     """COPY the frame into ``table`` in PostgreSQL's binary format (half the time of CSV for a
     million rows: nothing to format or parse). Values are Python objects of ``types``, None for
     NULL; geometry columns hold EWKB bytes (:func:`ewkb_hex` with ``hex=False``).
@@ -65,7 +70,7 @@ def copy_binary(session: Session, table: str, df: pd.DataFrame, types: list[str]
     here (``timestamptz``) or a value out of its type's range goes through ``write_row``,
     whose error then names the value."""
     cols = ", ".join(f'"{c}"' for c in df.columns)
-    raw = session.connection().connection.driver_connection
+    raw = _driver(session)
     columns = [df[c].to_numpy(dtype=object) for c in df.columns]
     with raw.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT binary)") as cp:
         chunks = []
@@ -159,13 +164,13 @@ def binary_rows(columns: list[np.ndarray], types: list[str]) -> bytes | None:
     return out.tobytes()
 
 
-def copy_frame(session: Session, table: str, df: pd.DataFrame, chunk_rows: int = 200_000) -> int:
+def copy_frame(session, table: str, df: pd.DataFrame, chunk_rows: int = 200_000) -> int:
     """COPY the frame's columns into ``table`` inside the session's transaction. Missing values
     become NULL. Returns rows written."""
     if df.empty:
         return 0
     cols = ", ".join(f'"{c}"' for c in df.columns)
-    raw = session.connection().connection.driver_connection  # psycopg connection
+    raw = _driver(session)
     with raw.cursor() as cur:
         with cur.copy(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')") as cp:
             for start in range(0, len(df), chunk_rows):

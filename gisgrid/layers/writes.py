@@ -272,8 +272,13 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     # New records (insert, replace) get their ids in the staging table and are linked from it,
     # polygon-driven; an upsert may leave a record's anchor out of the file: linked after writing.
     prelink = layer in linking.ORDER and mode != "upsert"
+    # A large frame of new points (bulk_points): the ids are reserved under the table lock the
+    # GiST rebuild takes anyway, the rows go in on a second thread while this one finds their
+    # grids, and the link rows are copied in (see _write_bulk_points).
+    bulk_points = prelink and layer in linking.POINT_LAYERS and "geom" in frame \
+        and _is_bulk(session, table, len(frame))
     located = []          # point layers: their grids found in-process, before anything is written
-    if prelink and layer in linking.POINT_LAYERS and "geom" in frame:
+    if prelink and layer in linking.POINT_LAYERS and "geom" in frame and not bulk_points:
         grid_ids = linking.grids_of_points(session, frame["geom"].to_numpy())
         frame["grid_id"] = np.array([None if g < 0 else g for g in grid_ids.tolist()] + [None], dtype=object)[:-1]
         located = ["grid_id"]
@@ -303,6 +308,8 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
                 seq = session.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}).scalar_one()
                 session.execute(text(f"ALTER TABLE _gisgrid_stage ADD COLUMN id bigint "
                                      f"DEFAULT nextval('{seq}'::regclass)"))
+            if bulk_points:
+                return _write_bulk_points(session, layer, frame, geoms, cols, extra, mode, actor, source, seq)
             staged = cols + extra + located
             types = binary_types(session, "_gisgrid_stage", staged)
             if geoms is not None:
@@ -381,11 +388,7 @@ def _drop_bulk_indexes(session: Session, table: str, rows: int) -> list[str]:
     transactional: a failed import restores the index with everything else. The price: the
     table is locked (ACCESS EXCLUSIVE) until the import commits; readers of the layer wait.
     """
-    if rows < BULK_MIN_ROWS:
-        return []
-    stored = session.execute(text("SELECT reltuples FROM pg_class WHERE oid = CAST(:t AS regclass)"),
-                             {"t": table}).scalar_one()
-    if rows < BULK_FRACTION * max(stored, 0):
+    if not _is_bulk(session, table, rows):
         return []
     indexes = session.execute(text(
         "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
@@ -394,6 +397,99 @@ def _drop_bulk_indexes(session: Session, table: str, rows: int) -> list[str]:
     for name, _ in indexes:
         session.execute(text(f'DROP INDEX "{name}"'))     # names from the catalogue, never input
     return [ddl for _, ddl in indexes]
+
+
+def _is_bulk(session: Session, table: str, rows: int) -> bool:
+    """Whether ``rows`` new rows are a bulk load for ``table`` (``BULK_MIN_ROWS``, ``BULK_FRACTION``)."""
+    if rows < BULK_MIN_ROWS:
+        return False
+    stored = session.execute(text("SELECT reltuples FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+                             {"t": table}).scalar_one()
+    return rows >= BULK_FRACTION * max(stored, 0)
+
+
+def _write_bulk_points(session: Session, layer: str, frame, geoms, cols: list[str], extra: list[str], mode: str,
+                       actor: str | None, source: dict | None, seq: str) -> dict[str, int]:
+    """:func:`add_frame`'s path for a bulk load of new point records (insert or replace), inside
+    its savepoint, with ``_gisgrid_stage`` created.
+
+    1. Lock the layer (ACCESS EXCLUSIVE: its GiST indexes are dropped, :func:`_drop_bulk_indexes`)
+       and reserve the ids: nobody else can insert meanwhile, so ``nextval`` + ``setval`` hand
+       out ``len(frame)`` consecutive ids, given to the rows in file order.
+    2. A second thread, on this session's connection, COPYs the stage, inserts the rows,
+       rebuilds the GiST indexes and analyses; meanwhile this thread finds each point's grid
+       (:func:`linking.grid_positions`, no database) and packs the link rows. Every statement
+       runs in the caller's transaction: a failure anywhere leaves nothing, as before.
+    3. The link rows are copied into ``<layer>_link``; the few no grid holds (and residents
+       placed by their building) are linked by SQL (:func:`linking.link_ids`).
+    """
+    import threading
+
+    import numpy as np
+    import pandas as pd
+    import shapely
+
+    from gisgrid.db.bulk import binary_types, copy_binary, ewkb_hex
+
+    model = SPEC[layer][0]
+    table = model.__tablename__
+    n = len(frame)
+    counts = {"inserted": 0, "updated": 0, "deleted": 0}
+    counts["deleted"], _ = _clear_for(session, layer, table, mode, actor)
+    rebuild = _drop_bulk_indexes(session, table, n)
+    session.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))   # taken already if an index went
+    first = session.execute(text("SELECT nextval(CAST(:s AS regclass))"), {"s": seq}).scalar_one()
+    if n > 1:
+        session.execute(text("SELECT setval(CAST(:s AS regclass), :last)"), {"s": seq, "last": first + n - 1})
+    ids = np.arange(first, first + n, dtype=np.int64)
+    frame["id"] = np.array(ids.tolist() + [None], dtype=object)[:-1]
+    by_building = "building_code" in extra
+    staged = ["id"] + cols + extra
+    types = binary_types(session, "_gisgrid_stage", staged)
+    frame["geom"] = ewkb_hex(geoms, hex=types is None)
+    values = ", ".join(["id"] + cols + (["building_id"] if by_building else []))
+    select_ = ", ".join(["s.id"] + [_or_default(model, c) for c in cols] + (["b.id"] if by_building else []))
+    join = " LEFT JOIN building b ON b.code = s.building_code" if by_building else ""
+    grids = linking.current_grids(session)
+    conn = session.connection()
+    raw = conn.connection.driver_connection
+    failed: list[BaseException] = []
+
+    def write_rows():
+        try:
+            if types is None:
+                from gisgrid.db.bulk import copy_frame
+
+                copy_frame(raw, "_gisgrid_stage", frame[staged])
+            else:
+                copy_binary(raw, "_gisgrid_stage", frame[staged], types)
+            conn.exec_driver_sql(f"INSERT INTO {table} ({values}) SELECT {select_} FROM _gisgrid_stage s{join}")
+            for ddl in rebuild:            # one sorted build each, then fresh statistics
+                conn.exec_driver_sql(ddl)
+            conn.exec_driver_sql(f"ANALYZE {table}")
+        except BaseException as e:        # re-raised by the caller's thread
+            failed.append(e)
+
+    worker = threading.Thread(target=write_rows, name=f"gisgrid-bulk-{table}")
+    worker.start()
+    try:
+        by_point = np.ones(n, dtype=bool) if not by_building else pd.isna(frame["building_code"]).to_numpy()
+        pos = linking.grid_positions(grids, geoms)
+        linked = by_point & (pos >= 0)
+        links = linking.link_frame(grids, ids[linked], pos[linked])
+    finally:
+        worker.join()
+    if failed:
+        raise failed[0]
+    linking.copy_links(raw, layer, links)
+    rest = ids[~linked & (~shapely.is_missing(geoms) | ~by_point)]     # outside every grid, or by building
+    if len(rest):
+        linking.link_ids(session, layer, rest.tolist())
+    counts["inserted"] = n
+    session.execute(text("DROP TABLE _gisgrid_stage"))
+    ranges = {"created_ids": [[int(first), int(first + n - 1)]] if n else [], "updated_ids": []}
+    audit.record(session, actor, "import", layer, None, after={**(source or {}), "mode": mode, **counts, **ranges})
+    return counts
 
 
 def _id_ranges(session: Session, written: str) -> dict[str, list[list[int]]]:
