@@ -503,7 +503,7 @@ def _datetimes(values) -> list:
 
 # -- geometry -------------------------------------------------------------------------------------
 def _geometry(rep: Report, spec: F.Layer, table: formats.Table, cols: dict, rownum, crs, make_valid):
-    n = rep.rows
+    n = len(rownum)
     bad = np.zeros(n, dtype=bool)
     declared = table.crs
     try:

@@ -531,9 +531,14 @@ class BulkPoints:
                     copy_frame(raw, "_gisgrid_stage", stage)
                 else:
                     copy_binary(raw, "_gisgrid_stage", stage, self.types)
+                t1 = time.perf_counter()
                 self.conn.exec_driver_sql(self.insert)
                 self.conn.exec_driver_sql("TRUNCATE _gisgrid_stage")
+                t2 = time.perf_counter()
                 linking.copy_links(raw, self.layer, links)
+                t3 = time.perf_counter()
+                for k, v in (("stage", t1 - t0), ("insert", t2 - t1), ("links", t3 - t2)):
+                    self.took[k] = self.took.get(k, 0) + v
             except BaseException as e:        # raised by finish() in the caller's thread
                 self.failed.append(e)
             self.took["database"] += time.perf_counter() - t0
@@ -597,8 +602,8 @@ class BulkPoints:
         ranges = {"created_ids": [[int(self.first), int(self.next - 1)]] if n else [], "updated_ids": []}
         audit.record(s, self.actor, "import", self.layer, None,
                      after={**(self.source or {}), "mode": self.mode, **self.counts, **ranges})
-        log.info("bulk %s of %d: prepared %.2f s, database %.2f s (second thread), then index and links %.2f s",
-                 self.layer, n, self.took["prepare"], self.took["database"], time.perf_counter() - t0)
+        log.info("bulk %s of %d: %s; then index and links %.2f s", self.layer, n,
+                 ", ".join(f"{k} {v:.2f} s" for k, v in self.took.items()), time.perf_counter() - t0)
         return self.counts
 
 
