@@ -250,11 +250,11 @@ def test_a_failure_after_the_rows_went_in_leaves_nothing(two_grids, tmp_path, mo
     before = state()
     calls = []
 
-    def failing(conn, table, links):
+    def failing(conn, table, links, packed=None):
         calls.append(len(links))
         if len(calls) == 2:
             raise RuntimeError("disk full")
-        return real(conn, table, links)
+        return real(conn, table, links, packed)
 
     real = linking.copy_links
     monkeypatch.setattr(linking, "copy_links", failing)

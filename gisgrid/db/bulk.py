@@ -60,36 +60,43 @@ def _driver(target):
     return target.connection().connection.driver_connection if isinstance(target, Session) else target
 
 
-def copy_binary(session, table: str, df: pd.DataFrame, types: list[str], chunk_rows: int = 100_000) -> int:
+def copy_binary(session, table: str, df: pd.DataFrame, types: list[str], packed: list[bytes] | None = None) -> int:
     """COPY the frame into ``table`` in PostgreSQL's binary format (half the time of CSV for a
     million rows: nothing to format or parse). Values are Python objects of ``types``, None for
     NULL; geometry columns hold EWKB bytes (:func:`ewkb_hex` with ``hex=False``).
 
-    The stream is packed by numpy a chunk of rows at a time (:func:`binary_rows`), about ten
-    times faster than psycopg's ``write_row`` per row; a frame with a type numpy does not pack
-    here (``timestamptz``) or a value out of its type's range goes through ``write_row``,
-    whose error then names the value."""
+    The stream is packed by numpy (:func:`pack_binary`, about ten times faster than psycopg's
+    ``write_row`` per row), or given already packed (``packed``); a frame with a type numpy
+    does not pack here (``timestamptz``) or a value out of its type's range goes through
+    ``write_row``, whose error then names the value."""
     cols = ", ".join(f'"{c}"' for c in df.columns)
     raw = _driver(session)
-    columns = [df[c].to_numpy(dtype=object) for c in df.columns]
+    packed = pack_binary(df, types) if packed is None else packed
     with raw.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT binary)") as cp:
-        chunks = []
-        if len(df) and set(types) <= set(_PACKERS):
-            for start in range(0, len(df), chunk_rows):
-                chunk = binary_rows([c[start:start + chunk_rows] for c in columns], types)
-                if chunk is None:
-                    break
-                chunks.append(chunk)
-        if chunks and len(chunks) == -(-len(df) // chunk_rows):
-            cp.write(_SIGNATURE)
-            for chunk in chunks:
+        if packed is not None:
+            for chunk in packed:
                 cp.write(chunk)
-            cp.write(b"\xff\xff")             # the trailer: a field count of -1
         else:
             cp.set_types(types)
-            for row in zip(*columns):
+            for row in zip(*(df[c].to_numpy(dtype=object) for c in df.columns)):
                 cp.write_row(row)
     return len(df)
+
+
+def pack_binary(df: pd.DataFrame, types: list[str], chunk_rows: int = 100_000) -> list[bytes] | None:
+    """The frame as a whole binary COPY stream (signature, rows, trailer), in pieces of
+    ``chunk_rows`` rows (:func:`binary_rows`); None when numpy does not pack it (see
+    :func:`copy_binary`)."""
+    if not len(df) or not set(types) <= set(_PACKERS):
+        return None
+    columns = [df[c].to_numpy(dtype=object) for c in df.columns]
+    out = [_SIGNATURE]
+    for start in range(0, len(df), chunk_rows):
+        chunk = binary_rows([c[start:start + chunk_rows] for c in columns], types)
+        if chunk is None:
+            return None
+        out.append(chunk)
+    return out + [b"\xff\xff"]                 # the trailer: a field count of -1
 
 
 #: binary COPY: signature, flags, header extension length

@@ -425,7 +425,7 @@ def _convert(rep: Report, f: F.Field, series: pd.Series, rownum: np.ndarray):
         out[idx[ok]] = np.array(conv + [None], dtype=object)[:-1]
     elif f.kind == "date":
         idx = np.flatnonzero(present)
-        parsed = _dates(raw[present] if text_ is None else text_[present].astype(object))
+        parsed = _dates(raw[present]) if text_ is None else _dates(text_[present].astype(object), stripped=True)
         ok = parsed.notna().to_numpy()
         fail(np.isin(np.arange(len(raw)), idx[~ok]), "not a date (YYYY-MM-DD)")
         out[idx[ok]] = np.array(list(parsed[ok].dt.date) + [None], dtype=object)[:-1]
@@ -472,8 +472,10 @@ def _text(v) -> str:
     return str(v).strip()
 
 
-def _dates(values) -> pd.Series:
-    s = pd.Series([v.isoformat() if hasattr(v, "isoformat") else str(v).strip() for v in values], dtype=object)
+def _dates(values, stripped: bool = False) -> pd.Series:
+    """Dates parsed (NaT where not a date); ``stripped``: ``values`` are stripped text already."""
+    s = pd.Series(values if stripped else [v.isoformat() if hasattr(v, "isoformat") else str(v).strip()
+                                           for v in values], dtype=object)
     parsed = pd.to_datetime(s, errors="coerce", format="ISO8601")
     again = parsed.isna()
     if again.any():

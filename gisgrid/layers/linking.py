@@ -316,17 +316,20 @@ def link_frame(grids: Grids, ids, positions):
     import pandas as pd
 
     return pd.DataFrame({"id": np.asarray(ids, dtype=np.int64), "grid_id": grids.ids[positions],
-                         **{c: v[positions] for c, v in grids.codes.items()}})
+                         **{c: v[positions] for c, v in grids.codes.items()}}).astype(object)
 
 
-def copy_links(conn, table: str, links) -> int:
+#: psycopg types of a link row's columns (binary COPY)
+LINK_TYPES = ["int4", "int4", "text", "text", "text", "text"]
+
+
+def copy_links(conn, table: str, links, packed: list[bytes] | None = None) -> int:
     """COPY link rows (:func:`link_frame`) into ``<table>_link`` on the psycopg connection ``conn``
-    (the caller's transaction), in binary."""
+    (the caller's transaction), in binary (``packed``: by :func:`gisgrid.db.bulk.pack_binary`)."""
     from gisgrid.db.bulk import copy_binary
 
     _check(table)
-    obj = links.astype(object)
-    return copy_binary(conn, f"{table}_link", obj, ["int4", "int4", "text", "text", "text", "text"])
+    return copy_binary(conn, f"{table}_link", links, LINK_TYPES, packed)
 
 
 def link_staged(session: Session, table: str, stage: str) -> None:

@@ -526,16 +526,16 @@ class BulkPoints:
                 continue                      # drain: the caller stops at close()
             t0 = time.perf_counter()
             try:
-                stage, links = item
+                stage, packed, links, packed_links = item
                 if self.types is None:
                     copy_frame(raw, "_gisgrid_stage", stage)
                 else:
-                    copy_binary(raw, "_gisgrid_stage", stage, self.types)
+                    copy_binary(raw, "_gisgrid_stage", stage, self.types, packed)
                 t1 = time.perf_counter()
                 self.conn.exec_driver_sql(self.insert)
                 self.conn.exec_driver_sql("TRUNCATE _gisgrid_stage")
                 t2 = time.perf_counter()
-                linking.copy_links(raw, self.layer, links)
+                linking.copy_links(raw, self.layer, links, packed_links)
                 t3 = time.perf_counter()
                 for k, v in (("stage", t1 - t0), ("insert", t2 - t1), ("links", t3 - t2)):
                     self.took[k] = self.took.get(k, 0) + v
@@ -549,7 +549,7 @@ class BulkPoints:
         import numpy as np
         import shapely
 
-        from gisgrid.db.bulk import ewkb_hex
+        from gisgrid.db.bulk import ewkb_hex, pack_binary
 
         t0 = time.perf_counter()
         n = len(frame)
@@ -571,9 +571,12 @@ class BulkPoints:
         linked = by_point & (pos >= 0)
         links = linking.link_frame(self.grids, ids[linked], pos[linked])
         self.rest.append(ids[~linked & (~shapely.is_missing(geoms) | ~by_point)])   # outside every grid, by building
+        stage = frame[self.staged]
+        packed = None if self.types is None else pack_binary(stage, self.types)     # here: the other
+        packed_links = pack_binary(links, linking.LINK_TYPES)                      # thread only waits
         self.took["prepare"] += time.perf_counter() - t0
         if not self.failed:
-            self.queue.put((frame[self.staged], links))
+            self.queue.put((stage, packed, links, packed_links))
 
     def close(self) -> None:
         """Stop the second thread once it has written what was queued (idempotent)."""
