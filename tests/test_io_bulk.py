@@ -36,6 +36,13 @@ def residents_csv(path, n, start=0, x0=114.0005):
     return path
 
 
+def stored_state(session):
+    """What a failed import must leave as it was: residents, their links, audit rows, max id."""
+    return session.execute(text(
+        "SELECT (SELECT count(*) FROM resident), (SELECT count(*) FROM resident_link), "
+        "(SELECT count(*) FROM audit_log), (SELECT max(id) FROM resident)")).one()
+
+
 def gist_indexes(session, table):
     return session.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = :t AND indexdef LIKE '%gist%' "
                                 "ORDER BY 1"), {"t": table}).scalars().all()
@@ -93,9 +100,7 @@ def test_large_import_rebuilds_the_gist_index_and_links_every_row(two_grids, tmp
 def test_a_failing_large_import_leaves_table_index_links_and_audit_unchanged(two_grids, tmp_path, monkeypatch):
     monkeypatch.setattr(writes, "BULK_MIN_ROWS", 10)
     importer.run(two_grids, "resident", residents_csv(tmp_path / "r.csv", 20), actor="t")
-    state = lambda: two_grids.execute(text(  # noqa: E731
-        "SELECT (SELECT count(*) FROM resident), (SELECT count(*) FROM resident_link), "
-        "(SELECT count(*) FROM audit_log), (SELECT max(id) FROM resident)")).one()
+    state = lambda: stored_state(two_grids)  # noqa: E731
     before = state()
     # a frame that passed no validation: its last code is stored already, so the INSERT fails
     # after the GiST index was dropped
@@ -189,9 +194,7 @@ def test_a_streamed_import_checks_every_chunk(two_grids, tmp_path, monkeypatch):
     frame.loc[20, "gender"] = "X"           # chunk 3
     frame.loc[29, "code"] = "BULK-00002"    # the last chunk repeats a code of the first
     frame.to_csv(path, index=False)
-    state = lambda: two_grids.execute(text(  # noqa: E731
-        "SELECT (SELECT count(*) FROM resident), (SELECT count(*) FROM resident_link), "
-        "(SELECT count(*) FROM audit_log), (SELECT max(id) FROM resident)")).one()
+    state = lambda: stored_state(two_grids)  # noqa: E731
     before = state()
     rep = importer.run(two_grids, "resident", path, actor="t")
     assert not rep.written and rep.valid == 26
@@ -210,9 +213,7 @@ def test_a_streamed_import_of_stored_codes_reports_them_and_writes_nothing(two_g
     monkeypatch.setattr(writes, "BULK_MIN_ROWS", 10)
     monkeypatch.setattr(importer, "CHUNK_ROWS", 7)
     importer.run(two_grids, "resident", residents_csv(tmp_path / "a.csv", 3, start=12), actor="t")
-    state = lambda: two_grids.execute(text(  # noqa: E731
-        "SELECT (SELECT count(*) FROM resident), (SELECT count(*) FROM resident_link), "
-        "(SELECT count(*) FROM audit_log), (SELECT max(id) FROM resident)")).one()
+    state = lambda: stored_state(two_grids)  # noqa: E731
     before = state()
     rep = importer.run(two_grids, "resident", residents_csv(tmp_path / "b.csv", 30), actor="t")
     assert not rep.written and rep.valid == 27
@@ -244,9 +245,7 @@ def test_a_failure_after_the_rows_went_in_leaves_nothing(two_grids, tmp_path, mo
     raises and rows, links, audit, max id and the GiST index are as before."""
     monkeypatch.setattr(writes, "BULK_MIN_ROWS", 10)
     monkeypatch.setattr(importer, "CHUNK_ROWS", 7)
-    state = lambda: two_grids.execute(text(  # noqa: E731
-        "SELECT (SELECT count(*) FROM resident), (SELECT count(*) FROM resident_link), "
-        "(SELECT count(*) FROM audit_log), (SELECT max(id) FROM resident)")).one()
+    state = lambda: stored_state(two_grids)  # noqa: E731
     before = state()
     calls = []
 
