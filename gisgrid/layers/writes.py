@@ -259,7 +259,8 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     """Write a validated frame of one layer in bulk (COPY into a staging table, one INSERT), link
     it and audit it, in the caller's transaction (never commits). A frame large beside its table
     rebuilds the table's GiST indexes rather than inserting into them (see
-    :func:`_drop_bulk_indexes`: the layer is locked for the import's duration).
+    :func:`_drop_bulk_indexes`: the layer is locked for the import's duration); new points in
+    bulk (:func:`bulk_points`) go through :class:`BulkPoints`.
 
     Parameters
     ----------
@@ -289,8 +290,6 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     InvalidInput, UnknownReference, DuplicateCode
         What the database refuses (a record still referenced when replacing, …), translated.
     """
-    import json
-
     import numpy as np
 
     from gisgrid.db.bulk import binary_types, copy_binary, copy_frame, ewkb_hex
