@@ -194,6 +194,8 @@ def main() -> None:
         cleanup(Session)
         ours.append(took)
         theirs.append(load + link)
+        log(f"  run {i + 1}: ratio {took / (load + link):.2f} (gisgrid / ogr2ogr + link, this run; load average "
+            f"{os.getloadavg()[0]:.1f})")
     best_ours, best_theirs = min(ours), min(theirs)
     log(f"\nresidents: gisgrid {best_ours:.1f} s vs ogr2ogr + link {best_theirs:.1f} s: ratio {best_ours / best_theirs:.2f} "
         f"(best of {args.repeat})")
