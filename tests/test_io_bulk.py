@@ -36,6 +36,13 @@ def residents_csv(path, n, start=0, x0=114.0005):
     return path
 
 
+def stored_state(session):
+    """What a failed import must leave as it was: residents, their links, audit rows, max id."""
+    return session.execute(text(
+        "SELECT (SELECT count(*) FROM resident), (SELECT count(*) FROM resident_link), "
+        "(SELECT count(*) FROM audit_log), (SELECT max(id) FROM resident)")).one()
+
+
 def gist_indexes(session, table):
     return session.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = :t AND indexdef LIKE '%gist%' "
                                 "ORDER BY 1"), {"t": table}).scalars().all()
@@ -93,9 +100,7 @@ def test_large_import_rebuilds_the_gist_index_and_links_every_row(two_grids, tmp
 def test_a_failing_large_import_leaves_table_index_links_and_audit_unchanged(two_grids, tmp_path, monkeypatch):
     monkeypatch.setattr(writes, "BULK_MIN_ROWS", 10)
     importer.run(two_grids, "resident", residents_csv(tmp_path / "r.csv", 20), actor="t")
-    state = lambda: two_grids.execute(text(  # noqa: E731
-        "SELECT (SELECT count(*) FROM resident), (SELECT count(*) FROM resident_link), "
-        "(SELECT count(*) FROM audit_log), (SELECT max(id) FROM resident)")).one()
+    state = lambda: stored_state(two_grids)  # noqa: E731
     before = state()
     # a frame that passed no validation: its last code is stored already, so the INSERT fails
     # after the GiST index was dropped
@@ -176,3 +181,121 @@ def test_binary_copy_round_trips_every_mapped_type(session):
     assert list(got) == row[:7] + ["POINT(114 30)", None]
     session.execute(text("CREATE TEMP TABLE u (j jsonb)"))
     assert bulk.binary_types(session, "u", ["j"]) is None              # CSV for the rest
+
+
+def test_a_streamed_import_checks_every_chunk(two_grids, tmp_path, monkeypatch):
+    """Chunks of 7 rows: the problems of every chunk reported with the file's row numbers,
+    nothing written; a clean file written whole, one audit row, ids in file order."""
+    monkeypatch.setattr(writes, "BULK_MIN_ROWS", 10)
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 7)
+    path = residents_csv(tmp_path / "r.csv", 30)
+    frame = pd.read_csv(path, dtype=str)
+    frame.loc[3, "lat"] = "north"           # chunk 1
+    frame.loc[20, "gender"] = "X"           # chunk 3
+    frame.loc[29, "code"] = "BULK-00002"    # the last chunk repeats a code of the first
+    frame.to_csv(path, index=False)
+    state = lambda: stored_state(two_grids)  # noqa: E731
+    before = state()
+    rep = importer.run(two_grids, "resident", path, actor="t")
+    assert not rep.written and rep.valid == 26
+    assert sorted((p.row, p.field) for p in rep.problems) == \
+        [(4, "code"), (5, "building_code"), (5, "lat"), (22, "gender"), (31, "code")]
+    assert state() == before and gist_indexes(two_grids, "resident") == ["ix_resident_geom"]
+    rep = importer.run(two_grids, "resident", residents_csv(path, 30), actor="t")
+    assert rep.written and rep.inserted == 30, rep.text()
+    ids = two_grids.execute(text("SELECT id FROM resident WHERE code LIKE 'BULK-%' ORDER BY code")).scalars().all()
+    assert ids == sorted(ids) and ids == list(range(ids[0], ids[0] + 30))
+    row = two_grids.execute(text("SELECT id FROM audit_log WHERE action = 'import' ORDER BY id DESC LIMIT 1")).scalar()
+    assert audit.imported_ids(two_grids.get(audit.AuditLog, row)) == ids
+
+
+def test_a_streamed_import_of_stored_codes_reports_them_and_writes_nothing(two_grids, tmp_path, monkeypatch):
+    monkeypatch.setattr(writes, "BULK_MIN_ROWS", 10)
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 7)
+    importer.run(two_grids, "resident", residents_csv(tmp_path / "a.csv", 3, start=12), actor="t")
+    state = lambda: stored_state(two_grids)  # noqa: E731
+    before = state()
+    rep = importer.run(two_grids, "resident", residents_csv(tmp_path / "b.csv", 30), actor="t")
+    assert not rep.written and rep.valid == 27
+    assert [(p.row, p.field, p.value) for p in sorted(rep.problems, key=lambda p: p.row)] == \
+        [(14, "code", "BULK-00012"), (15, "code", "BULK-00013"), (16, "code", "BULK-00014")]
+    assert "already in the database" in rep.problems[0].reason
+    assert state() == before and gist_indexes(two_grids, "resident") == ["ix_resident_geom"]
+
+
+def test_bulk_links_equal_the_sql_rule(two_grids, tmp_path, monkeypatch):
+    """Points on edges, corners, outside every grid: the link rows a bulk import copies in are
+    what linking.relink computes in SQL."""
+    monkeypatch.setattr(writes, "BULK_MIN_ROWS", 10)
+    xs = [114.005, 114.015, 114.01, 114.01, 114.02, 114.025, 114.0, 113.995] * 3
+    ys = [30.005, 30.005, 30.005, 30.01, 30.005, 30.015, 30.0, 30.005] * 3
+    path = tmp_path / "r.csv"
+    pd.DataFrame({"code": [f"E{i:02d}" for i in range(len(xs))], "name": "周九", "lon": xs, "lat": ys}).to_csv(path, index=False)
+    assert importer.run(two_grids, "resident", path, actor="t").inserted == len(xs)
+    q = text("SELECT r.code, l.grid_id, l.grid_code, l.community_code, l.street_code, l.district_code "
+             "FROM resident r LEFT JOIN resident_link l USING (id) WHERE r.code LIKE 'E%' ORDER BY r.code")
+    copied = two_grids.execute(q).all()
+    assert all(r.district_code for r in copied) and any(r.grid_id is None for r in copied)
+    linking.relink(two_grids, ("resident",))
+    assert two_grids.execute(q).all() == copied
+
+
+def test_a_failure_after_the_rows_went_in_leaves_nothing(two_grids, tmp_path, monkeypatch):
+    """The link COPY fails on the second thread after a chunk's rows were inserted: the import
+    raises and rows, links, audit, max id and the GiST index are as before."""
+    monkeypatch.setattr(writes, "BULK_MIN_ROWS", 10)
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 7)
+    state = lambda: stored_state(two_grids)  # noqa: E731
+    before = state()
+    calls = []
+
+    def failing(conn, table, links, packed=None):
+        calls.append(len(links))
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(conn, table, links, packed)
+
+    real = linking.copy_links
+    monkeypatch.setattr(linking, "copy_links", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        importer.run(two_grids, "resident", residents_csv(tmp_path / "r.csv", 30), actor="t")
+    assert calls[:2] == [7, 7] and state() == before
+    assert gist_indexes(two_grids, "resident") == ["ix_resident_geom"]
+
+
+def test_packed_binary_copy_round_trips_nulls_text_and_numbers(session):
+    """The numpy-packed stream (bulk.pack_binary) against PostgreSQL's own reading of it: every
+    packed type, NULL anywhere, multi-byte and empty text, extremes of each integer; a value
+    that does not fit its type is not packed (psycopg's write_row then names it)."""
+    from datetime import date
+
+    session.execute(text("CREATE TEMP TABLE p (a varchar(9), b date, c smallint, d integer, e bigint, "
+                         "f double precision, g boolean, h geometry(Point, 4326), i text)"))
+    cols = list("abcdefghi")
+    types = bulk.binary_types(session, "p", cols)
+    pt = bulk.ewkb_hex([shapely.Point(114.5, -30.25)], hex=False)[0]
+    rows = [["中文\tx", date(1900, 1, 1), -2**15, 2**31 - 1, -2**63, -0.5, False, pt, ""],
+            [None, None, None, None, None, None, None, None, None],
+            ["", date(2099, 12, 31), 2**15 - 1, -2**31, 2**63 - 1, 1e300, True, None, "a\\b\nc"]]
+    frame = pd.DataFrame(rows, columns=cols, dtype=object)
+    assert bulk.pack_binary(frame, types) is not None
+    bulk.copy_binary(session, "p", frame, types)
+    got = session.execute(text("SELECT a, b, c, d, e, f, g, ST_AsText(h), i FROM p")).all()
+    assert [list(r) for r in got] == [r[:7] + ["POINT(114.5 -30.25)" if r[7] else None] + r[8:] for r in rows]
+    assert bulk.pack_binary(pd.DataFrame([[2**31]], columns=["d"], dtype=object), ["int4"]) is None
+    assert bulk.pack_binary(pd.DataFrame([[1.5]], columns=["d"], dtype=object), ["int4"]) is None
+
+
+def test_a_streamed_import_reports_what_a_whole_file_import_reports(two_grids, tmp_path, monkeypatch):
+    path = residents_csv(tmp_path / "r.csv", 30)
+    frame = pd.read_csv(path, dtype=str)
+    frame.loc[2, "lon"] = "120.5"            # outside the district
+    frame.loc[9, "birth_date"] = "1990-13-01"
+    frame.loc[17, "name"] = " "
+    frame.loc[25, "code"] = "BULK-00009"
+    frame.to_csv(path, index=False)
+    whole = importer.run(two_grids, "resident", path, actor="t").to_dict()
+    monkeypatch.setattr(writes, "BULK_MIN_ROWS", 10)
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 7)
+    streamed = importer.run(two_grids, "resident", path, actor="t").to_dict()
+    assert streamed == whole and len(whole["problems"]) >= 5 and not whole["written"]

@@ -37,6 +37,24 @@ def test_upgrade_downgrade_upgrade(db_url):
         eng.dispose()
 
 
+def test_upgrade_at_the_head_loads_no_script(db_url, monkeypatch):
+    """The head the files declare is Alembic's; a database there is left alone without Alembic,
+    one behind is upgraded by it."""
+    assert migrate.declared_head() == migrate.head()
+    eng = make_engine(create_database(db_url, "gisgrid_migrations_head"))
+    try:
+        migrate.upgrade(eng, "0011")
+        runs = []
+        real = migrate.command.upgrade
+        monkeypatch.setattr(migrate.command, "upgrade", lambda *a: runs.append(a[1:]) or real(*a))
+        migrate.upgrade(eng)
+        assert runs == [("head",)] and migrate.current(eng) == migrate.head()
+        migrate.upgrade(eng)
+        assert runs == [("head",)]
+    finally:
+        eng.dispose()
+
+
 def test_models_and_migrations_agree(db_url):
     """Autogenerate against the migrated schema finds nothing to do (no model drift)."""
     from alembic.autogenerate import compare_metadata

@@ -251,6 +251,39 @@ _STAGED_ANCHORS = {"building": "ST_PointOnSurface(s.geom)", "patrol_route": "ST_
 POINT_LAYERS = tuple(t for t in ORDER if ANCHORS.get(t, "geom") == "geom")
 
 
+class Grids:
+    """The current grids, in code order (the rule's order): ids, codes and shapely geometries."""
+
+    def __init__(self, rows):
+        self.ids = np.array([r[0] for r in rows], dtype=np.int64)
+        self.codes = {c: np.array([r[i] for r in rows], dtype=object) for i, c in enumerate(COLUMNS[1:], start=2)}
+        self.geoms = shapely.from_wkb([bytes(r[1]) for r in rows])
+
+
+def current_grids(session: Session) -> Grids:
+    """The current grids for :func:`grid_positions` (read in the caller's transaction)."""
+    return Grids(session.execute(text(
+        "SELECT id, ST_AsBinary(geom), code, community_code, street_code, district_code FROM grid "
+        "WHERE valid_to IS NULL ORDER BY code")).all())
+
+
+def grid_positions(grids: Grids, points) -> np.ndarray:
+    """For each point, the position in ``grids`` of the grid holding it by the rule above (the
+    lowest code where grids touch), -1 where none does or there is no point. No database: a
+    shapely STRtree over the points, queried with every grid (each prepared once)."""
+    points = np.asarray(points, dtype=object)
+    out = np.full(len(points), -1, dtype=np.int64)
+    has = np.flatnonzero(~shapely.is_missing(points))
+    if not len(grids.ids) or not len(has):
+        return out
+    grid_pos, point_pos = shapely.STRtree(points[has]).query(grids.geoms, predicate="intersects")
+    best = np.full(len(has), len(grids.ids), dtype=np.int64)       # rank by code: the query's order
+    np.minimum.at(best, point_pos, grid_pos)
+    found = best < len(grids.ids)
+    out[has[found]] = best[found]
+    return out
+
+
 def grids_of_points(session: Session, points) -> np.ndarray:
     """The id of the current grid holding each point by the rule above (the lowest code where
     grids touch), or -1 when none does, computed in-process: the right tool for a file's
@@ -273,20 +306,30 @@ def grids_of_points(session: Session, points) -> np.ndarray:
     numpy.ndarray of int64
         Grid ids, -1 where no grid holds the point (or there is no point).
     """
-    points = np.asarray(points, dtype=object)
-    out = np.full(len(points), -1, dtype=np.int64)
-    rows = session.execute(text("SELECT id, ST_AsBinary(geom) FROM grid WHERE valid_to IS NULL ORDER BY code")).all()
-    has = np.flatnonzero(~shapely.is_missing(points))
-    if not rows or not len(has):
-        return out
-    ids = np.array([r[0] for r in rows], dtype=np.int64)
-    grids = shapely.from_wkb([bytes(r[1]) for r in rows])
-    grid_pos, point_pos = shapely.STRtree(points[has]).query(grids, predicate="intersects")
-    best = np.full(len(has), len(rows), dtype=np.int64)       # rank by code: the query's order
-    np.minimum.at(best, point_pos, grid_pos)
-    found = best < len(rows)
-    out[has[found]] = ids[best[found]]
-    return out
+    grids = current_grids(session)
+    pos = grid_positions(grids, points)
+    return np.where(pos >= 0, grids.ids[np.maximum(pos, 0)] if len(grids.ids) else -1, -1)
+
+
+def link_frame(grids: Grids, ids, positions):
+    """Link rows (``id`` and :data:`COLUMNS`) of records ``ids`` held by the grids at ``positions``."""
+    import pandas as pd
+
+    return pd.DataFrame({"id": np.asarray(ids, dtype=np.int64), "grid_id": grids.ids[positions],
+                         **{c: v[positions] for c, v in grids.codes.items()}}).astype(object)
+
+
+#: psycopg types of a link row's columns (binary COPY)
+LINK_TYPES = ["int4", "int4", "text", "text", "text", "text"]
+
+
+def copy_links(conn, table: str, links, packed: list[bytes] | None = None) -> int:
+    """COPY link rows (:func:`link_frame`) into ``<table>_link`` on the psycopg connection ``conn``
+    (the caller's transaction), in binary (``packed``: by :func:`gisgrid.db.bulk.pack_binary`)."""
+    from gisgrid.db.bulk import copy_binary
+
+    _check(table)
+    return copy_binary(conn, f"{table}_link", links, LINK_TYPES, packed)
 
 
 def link_staged(session: Session, table: str, stage: str) -> None:

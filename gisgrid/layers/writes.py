@@ -4,6 +4,9 @@ transaction decides, so a bad record leaves nothing of its batch behind.
 """
 from __future__ import annotations
 
+import logging
+import time
+
 from geoalchemy2.shape import from_shape
 from sqlalchemy import insert, select, text
 from sqlalchemy.exc import DBAPIError
@@ -24,6 +27,8 @@ from gisgrid.layers.residents import Resident
 from gisgrid.layers.roads import Road
 from gisgrid.spatial import crs as crs_mod
 from gisgrid.spatial.geometry import check, from_geojson
+
+log = logging.getLogger(__name__)
 
 #: layer → (model, allowed geometry types, geometry required)
 SPEC = {
@@ -196,6 +201,41 @@ from sqlalchemy.dialects import postgresql as _pg_dialect
 _PG = _pg_dialect.dialect()
 
 
+def _own(model) -> set[str]:
+    """The columns an import writes (not the id, not generated ones)."""
+    return {c.key for c in model.__table__.columns} - {"id", "anchor"}
+
+
+def _prepared(layer: str, frame, mode: str):
+    """A frame of :func:`add_frame` with missing values as None, personal data protected, and
+    the names of its columns that are not the table's (``building_code``)."""
+    model = SPEC[layer][0]
+    own = _own(model)
+    frame = frame.astype(object)
+    frame = frame.where(frame.notna(), None)      # pandas 3 reads missing text as NaN
+    if layer == "resident":
+        frame = _protected_columns(frame)
+        if "building_code" not in frame and mode != "upsert":
+            frame["building_code"] = None            # located by their points
+    extra = [c for c in frame.columns if c not in own]      # before the links are added
+    if set(extra) - {"building_code"}:
+        raise InvalidInput(f"columns {sorted(set(extra) - {'building_code'})} are not columns of {model.__tablename__}")
+    return frame, extra
+
+
+def _copy_forms(model, frame) -> None:
+    """JSONB and arrays as their text forms for COPY (in place)."""
+    import json
+
+    for c in frame.columns:
+        kind = getattr(model.__table__.columns.get(c), "type", None)
+        if kind is not None and type(kind).__name__ == "JSONB":
+            frame[c] = [None if v is None else json.dumps(v, ensure_ascii=False) for v in frame[c]]
+        elif kind is not None and type(kind).__name__ == "ARRAY":
+            frame[c] = [None if v is None else "{" + ",".join(json.dumps(t, ensure_ascii=False) for t in v) + "}"
+                        for v in frame[c]]
+
+
 def _protected_columns(frame):
     """Clear ID numbers and phones → ciphertext, masked form and blind index (gisgrid.pii)."""
     import numpy as np
@@ -219,7 +259,8 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     """Write a validated frame of one layer in bulk (COPY into a staging table, one INSERT), link
     it and audit it, in the caller's transaction (never commits). A frame large beside its table
     rebuilds the table's GiST indexes rather than inserting into them (see
-    :func:`_drop_bulk_indexes`: the layer is locked for the import's duration).
+    :func:`_drop_bulk_indexes`: the layer is locked for the import's duration); new points in
+    bulk (:func:`bulk_points`) go through :class:`BulkPoints`.
 
     Parameters
     ----------
@@ -249,8 +290,6 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
     InvalidInput, UnknownReference, DuplicateCode
         What the database refuses (a record still referenced when replacing, …), translated.
     """
-    import json
-
     import numpy as np
 
     from gisgrid.db.bulk import binary_types, copy_binary, copy_frame, ewkb_hex
@@ -259,16 +298,19 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
         raise InvalidInput(f"unknown layer {layer!r}; layers: {', '.join(SPEC)}", field="layer")
     model = SPEC[layer][0]
     table = model.__tablename__
-    own = {c.key for c in model.__table__.columns} - {"id", "anchor"}
-    frame = frame.astype(object)
-    frame = frame.where(frame.notna(), None)      # pandas 3 reads missing text as NaN
-    if layer == "resident":
-        frame = _protected_columns(frame)
-        if "building_code" not in frame and mode != "upsert":
-            frame["building_code"] = None            # located by their points
-    extra = [c for c in frame.columns if c not in own]      # before the links are added
-    if set(extra) - {"building_code"}:
-        raise InvalidInput(f"columns {sorted(set(extra) - {'building_code'})} are not columns of {table}")
+    if bulk_points(session, layer, frame, mode):
+        try:
+            with session.begin_nested():
+                writer = BulkPoints(session, layer, len(frame), mode=mode, actor=actor, source=source)
+                try:
+                    writer.put(frame)
+                finally:
+                    writer.close()
+                return writer.finish()
+        except DBAPIError as e:
+            raise translate(e, record=f"{layer} import of {len(frame)} rows") from e
+    own = _own(model)
+    frame, extra = _prepared(layer, frame, mode)
     # New records (insert, replace) get their ids in the staging table and are linked from it,
     # polygon-driven; an upsert may leave a record's anchor out of the file: linked after writing.
     prelink = layer in linking.ORDER and mode != "upsert"
@@ -278,13 +320,7 @@ def add_frame(session: Session, layer: str, frame, *, mode: str = "insert", acto
         frame["grid_id"] = np.array([None if g < 0 else g for g in grid_ids.tolist()] + [None], dtype=object)[:-1]
         located = ["grid_id"]
     geoms = frame.pop("geom").to_numpy() if "geom" in frame else None
-    for c in frame.columns:                       # JSONB and arrays as their text forms for COPY
-        kind = getattr(model.__table__.columns.get(c), "type", None)
-        if kind is not None and type(kind).__name__ == "JSONB":
-            frame[c] = [None if v is None else json.dumps(v, ensure_ascii=False) for v in frame[c]]
-        elif kind is not None and type(kind).__name__ == "ARRAY":
-            frame[c] = [None if v is None else "{" + ",".join(json.dumps(t, ensure_ascii=False) for t in v) + "}"
-                        for v in frame[c]]
+    _copy_forms(model, frame)
     if geoms is not None:
         frame["geom"] = None                      # its EWKB, binary or hex, once the format is known
     cols = [c for c in frame.columns if c in own]
@@ -381,11 +417,7 @@ def _drop_bulk_indexes(session: Session, table: str, rows: int) -> list[str]:
     transactional: a failed import restores the index with everything else. The price: the
     table is locked (ACCESS EXCLUSIVE) until the import commits; readers of the layer wait.
     """
-    if rows < BULK_MIN_ROWS:
-        return []
-    stored = session.execute(text("SELECT reltuples FROM pg_class WHERE oid = CAST(:t AS regclass)"),
-                             {"t": table}).scalar_one()
-    if rows < BULK_FRACTION * max(stored, 0):
+    if not _is_bulk(session, table, rows):
         return []
     indexes = session.execute(text(
         "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
@@ -394,6 +426,187 @@ def _drop_bulk_indexes(session: Session, table: str, rows: int) -> list[str]:
     for name, _ in indexes:
         session.execute(text(f'DROP INDEX "{name}"'))     # names from the catalogue, never input
     return [ddl for _, ddl in indexes]
+
+
+def _is_bulk(session: Session, table: str, rows: int) -> bool:
+    """Whether ``rows`` new rows are a bulk load for ``table`` (``BULK_MIN_ROWS``, ``BULK_FRACTION``)."""
+    if rows < BULK_MIN_ROWS:
+        return False
+    stored = session.execute(text("SELECT reltuples FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+                             {"t": table}).scalar_one()
+    return rows >= BULK_FRACTION * max(stored, 0)
+
+
+def bulk_points(session: Session, layer: str, frame_or_rows, mode: str) -> bool:
+    """Whether new records of a point layer (a frame, or a number of rows) are written by
+    :class:`BulkPoints`: insert or replace, with a ``geom`` column, a bulk load (``_is_bulk``)."""
+    rows = frame_or_rows if isinstance(frame_or_rows, int) else len(frame_or_rows)
+    has_geom = isinstance(frame_or_rows, int) or "geom" in frame_or_rows
+    return layer in linking.POINT_LAYERS and mode in ("insert", "replace") and has_geom \
+        and _is_bulk(session, SPEC[layer][0].__tablename__, rows)
+
+
+class BulkPoints:
+    """Writes a bulk load of new point records (insert or replace) in chunks, inside the
+    caller's transaction (and savepoint): what :func:`add_frame` does, arranged so that the
+    database works while Python prepares the next chunk.
+
+    1. On creation: the replaced records deleted (``replace``), the layer locked (ACCESS
+       EXCLUSIVE: its GiST indexes are dropped, :func:`_drop_bulk_indexes`) and ``rows`` ids
+       reserved: nobody else can insert meanwhile, so ``nextval`` + ``setval`` hand out
+       consecutive ids, given to the records in the order they are put.
+    2. :meth:`put` (this thread): a chunk's personal data protected, ids given, each point's
+       grid found in-process (:func:`linking.grid_positions`), the link rows made; then queued.
+    3. A second thread, on the session's connection, takes each chunk: COPY into the stage,
+       INSERT into the layer, COPY of its link rows into ``<layer>_link``. The caller's thread
+       never uses the session meanwhile (it may again after :meth:`close`).
+    4. :meth:`finish`: the GiST indexes rebuilt, ANALYZE, the points outside every grid (and
+       residents placed by their building) linked by SQL (:func:`linking.link_ids`), one
+       ``import`` audit row. Returns the counts.
+
+    A failure anywhere (here or on the second thread: raised by :meth:`finish`) leaves the
+    transaction to be rolled back by the caller, which restores everything, the index included.
+    """
+
+    def __init__(self, session: Session, layer: str, rows: int, *, mode: str = "insert",
+                 actor: str | None = None, source: dict | None = None):
+        import queue
+
+        import numpy as np
+
+        self.session, self.layer, self.rows, self.mode, self.actor, self.source = \
+            session, layer, rows, mode, actor, source
+        self.model = SPEC[layer][0]
+        self.table = table = self.model.__tablename__
+        self.counts = {"inserted": 0, "updated": 0, "deleted": 0}
+        self.counts["deleted"], _ = _clear_for(session, layer, table, mode, actor)
+        self.rebuild = _drop_bulk_indexes(session, table, rows)
+        session.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))   # held already if an index went
+        seq = session.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}).scalar_one()
+        self.first = self.next = session.execute(text("SELECT nextval(CAST(:s AS regclass))"), {"s": seq}).scalar_one()
+        if rows > 1:
+            session.execute(text("SELECT setval(CAST(:s AS regclass), :last)"), {"s": seq, "last": self.first + rows - 1})
+        self.grids = linking.current_grids(session)
+        self.rest: list = [np.zeros(0, dtype=np.int64)]     # ids linked by SQL at the end
+        self.queue: queue.Queue = queue.Queue(maxsize=3)
+        self.failed: list[BaseException] = []
+        self.thread = None
+        self.took = {"prepare": 0.0, "database": 0.0}
+
+    def _start(self, cols: list[str], extra: list[str]) -> None:
+        import threading
+
+        from gisgrid.db.bulk import binary_types
+
+        s = self.session
+        s.execute(text("DROP TABLE IF EXISTS _gisgrid_stage"))
+        s.execute(text(f"CREATE TEMP TABLE _gisgrid_stage ON COMMIT DROP AS SELECT {', '.join(cols)} "
+                       f"FROM {self.table} WITH NO DATA"))
+        s.execute(text("ALTER TABLE _gisgrid_stage ADD COLUMN id bigint"))
+        by_building = "building_code" in extra
+        if by_building:
+            s.execute(text("ALTER TABLE _gisgrid_stage ADD COLUMN building_code text"))
+        self.staged = ["id"] + cols + extra
+        self.types = binary_types(s, "_gisgrid_stage", self.staged)
+        values = ", ".join(["id"] + cols + (["building_id"] if by_building else []))
+        select_ = ", ".join(["s.id"] + [_or_default(self.model, c) for c in cols] + (["b.id"] if by_building else []))
+        join = " LEFT JOIN building b ON b.code = s.building_code" if by_building else ""
+        self.insert = f"INSERT INTO {self.table} ({values}) SELECT {select_} FROM _gisgrid_stage s{join}"
+        self.conn = s.connection()
+        self.thread = threading.Thread(target=self._work, name=f"gisgrid-bulk-{self.table}", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        from gisgrid.db.bulk import copy_binary, copy_frame
+
+        raw = self.conn.connection.driver_connection
+        while (item := self.queue.get()) is not None:
+            if self.failed:
+                continue                      # drain: the caller stops at close()
+            t0 = time.perf_counter()
+            try:
+                stage, packed, links, packed_links = item
+                if self.types is None:
+                    copy_frame(raw, "_gisgrid_stage", stage)
+                else:
+                    copy_binary(raw, "_gisgrid_stage", stage, self.types, packed)
+                t1 = time.perf_counter()
+                self.conn.exec_driver_sql(self.insert)
+                self.conn.exec_driver_sql("TRUNCATE _gisgrid_stage")
+                t2 = time.perf_counter()
+                linking.copy_links(raw, self.layer, links, packed_links)
+                t3 = time.perf_counter()
+                for k, v in (("stage", t1 - t0), ("insert", t2 - t1), ("links", t3 - t2)):
+                    self.took[k] = self.took.get(k, 0) + v
+            except BaseException as e:        # raised by finish() in the caller's thread
+                self.failed.append(e)
+            self.took["database"] += time.perf_counter() - t0
+
+    def put(self, frame) -> None:
+        """Queue a chunk of records (the columns of :func:`add_frame`'s frame, ``geom`` as shapely
+        points in EPSG:4326)."""
+        import numpy as np
+        import shapely
+
+        from gisgrid.db.bulk import ewkb_hex, pack_binary
+
+        t0 = time.perf_counter()
+        n = len(frame)
+        if self.next + n > self.first + self.rows:
+            raise ValueError(f"more records than the {self.rows} reserved")
+        frame, extra = _prepared(self.layer, frame, self.mode)
+        geoms = frame.pop("geom").to_numpy()
+        _copy_forms(self.model, frame)
+        frame["geom"] = None
+        cols = [c for c in frame.columns if c in _own(self.model)]
+        ids = np.arange(self.next, self.next + n, dtype=np.int64)
+        self.next += n
+        frame["id"] = np.array(ids.tolist() + [None], dtype=object)[:-1]
+        if self.thread is None:
+            self._start(cols, extra)
+        frame["geom"] = ewkb_hex(geoms, hex=self.types is None)
+        by_point = frame["building_code"].isna().to_numpy() if "building_code" in frame else np.ones(n, dtype=bool)
+        pos = linking.grid_positions(self.grids, geoms)
+        linked = by_point & (pos >= 0)
+        links = linking.link_frame(self.grids, ids[linked], pos[linked])
+        self.rest.append(ids[~linked & (~shapely.is_missing(geoms) | ~by_point)])   # outside every grid, by building
+        stage = frame[self.staged]
+        packed = None if self.types is None else pack_binary(stage, self.types)     # here: the other
+        packed_links = pack_binary(links, linking.LINK_TYPES)                      # thread only waits
+        self.took["prepare"] += time.perf_counter() - t0
+        if not self.failed:
+            self.queue.put((stage, packed, links, packed_links))
+
+    def close(self) -> None:
+        """Stop the second thread once it has written what was queued (idempotent)."""
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def finish(self) -> dict[str, int]:
+        """Close, then rebuild, analyse, link the rest and audit; the counts. Raises what failed."""
+        import numpy as np
+
+        self.close()
+        if self.failed:
+            raise self.failed[0]
+        t0 = time.perf_counter()
+        s, n = self.session, self.next - self.first
+        for ddl in self.rebuild:            # one sorted build each, then fresh statistics
+            s.execute(text(ddl))
+        s.execute(text(f"ANALYZE {self.table}"))
+        rest = np.concatenate(self.rest)
+        if len(rest):
+            linking.link_ids(s, self.layer, rest.tolist())
+        s.execute(text("DROP TABLE IF EXISTS _gisgrid_stage"))
+        self.counts["inserted"] = n
+        ranges = {"created_ids": [[int(self.first), int(self.next - 1)]] if n else [], "updated_ids": []}
+        audit.record(s, self.actor, "import", self.layer, None,
+                     after={**(self.source or {}), "mode": self.mode, **self.counts, **ranges})
+        log.info("bulk %s of %d: %s; then index and links %.2f s", self.layer, n,
+                 ", ".join(f"{k} {v:.2f} s" for k, v in self.took.items()), time.perf_counter() - t0)
+        return self.counts
 
 
 def _id_ranges(session: Session, written: str) -> dict[str, list[list[int]]]:
