@@ -33,8 +33,8 @@ their rows. Filtered views (time range, category, state) aggregate the incidents
 """
 from __future__ import annotations
 
-from sqlalchemy import Float, Integer, SmallInteger, String, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Float, Index, Integer, SmallInteger, String, text
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 from sqlalchemy.orm import Session
 
 from gisgrid.db.base import Base
@@ -45,7 +45,14 @@ SHARDS = 8
 
 
 class _GridRow:
-    """A tally row: a grid's shard, its codes, and the mean position of its records (sums)."""
+    """A tally row: a grid's shard, its codes, and the mean position of its records (sums).
+    The codes are indexed as the link tables' are (an area and its parents' codes: one index
+    serves every level; migration 0014)."""
+
+    @declared_attr.directive
+    def __table_args__(cls):
+        return (Index(f"ix_{cls.__tablename__}_area", "district_code", "street_code", "community_code", "grid_code"),)
+
     grid_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     grid_code: Mapped[str | None] = mapped_column(String(20, collation="C"))
     community_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
