@@ -31,7 +31,6 @@ import argparse
 import gzip
 import os
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -55,8 +54,10 @@ def p50(values):
 
 
 def psycopg_sql(sql: str) -> str:
-    """SQLAlchemy's ``:name`` binds as psycopg's ``%(name)s`` (``::type`` casts untouched)."""
-    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql.replace("%", "%%"))
+    """SQLAlchemy's ``:name`` binds as psycopg's ``%(name)s``: as the server sends its statement."""
+    from gisgrid.layers import tiles
+
+    return tiles.driver_sql(sql)
 
 
 def start_server(cache_mb: int, logpath: Path):

@@ -35,10 +35,12 @@ def test_database_restart(own_cluster):
         plain, _ = users.create_token(s, u, "probe", ["read"])
         s.commit()
     eng.dispose()
-    app = create_app({"database_url": own_cluster.url(), "home": own_cluster.home})
+    app = create_app({"database_url": own_cluster.url(), "home": own_cluster.home, "tile_cache_mb": 0})
     c = app.test_client()
     h = {"Authorization": f"Bearer {plain}"}
     assert c.get("/api/me", headers=h).status_code == 200
+    tile = "/tiles/grids/14/13393/6710.pbf"        # drawn on the tile engine's own connection
+    assert c.get(tile, headers=h).status_code == 200
     assert c.get("/healthz").status_code == 200
     import re
 
@@ -51,12 +53,14 @@ def test_database_restart(own_cluster):
     down = c.get("/api/me", headers=h)
     assert down.status_code == 503 and down.json["error"] == "DatabaseUnavailable"
     assert c.get("/healthz").status_code == 503
+    assert c.get(tile, headers=h).status_code == 503
     assert time.monotonic() - t0 < 15          # fails fast, does not hang
 
     assert c.post("/login", data=login).status_code == 503
 
     own_cluster.start()
     assert c.get("/api/me", headers=h).status_code == 200   # pool_pre_ping reconnects
+    assert c.get(tile, headers=h).status_code == 200
     # the counters' connection died with the database: replaced on the next hit, not a 500
     assert c.post("/login", data=login).status_code == 401
     assert c.get("/healthz").json == {"ok": True}

@@ -21,10 +21,13 @@ Filters (incidents and the grid counts): ``since``/``until`` (reported time, ``[
 """
 from __future__ import annotations
 
+import functools
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -544,8 +547,10 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
            filters: Filters = Filters(), tuned: bool = False) -> tuple[bytes, str]:
     """Draw one tile. Returns ``(mvt_bytes, version)``: the version of the layer's tables read in
     the same statement (so the bytes are exactly the data of that version). ``tuned``: the
-    session's connections already plan every statement afresh and never JIT (the web app's
-    tile engine), so the per-transaction settings below are not needed.
+    session is autocommitted and its connections plan every statement afresh and never JIT
+    (the web app's tile engine), so the per-transaction settings below are not needed, and the
+    statement goes to psycopg as a prepared statement from its first run (parsed once per
+    connection and shape of tile; still a custom plan each time).
 
     Examples
     --------
@@ -556,12 +561,29 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
     # seconds of LLVM for a statement that runs once. Off for this transaction.
     # And the boxes are parameters: a generic plan (psycopg prepares a statement run five times
     # on a connection) cannot see how many rows a box holds and may take minutes. Custom plans.
-    if not tuned:
-        session.execute(text("SELECT set_config('jit', 'off', true), "
-                             "set_config('plan_cache_mode', 'force_custom_plan', true)"))   # one round trip
     combined = f"{_ENV}SELECT {_version_sql(name)} AS version, ({sql}) AS mvt"
-    row = session.execute(text(combined), {**params, **_version_params(name)}).one()
+    params.update(_version_params(name))
+    if tuned:
+        conn = session.connection()
+        try:
+            version_, mvt = conn.connection.dbapi_connection.execute(driver_sql(combined), params,
+                                                                     prepare=True).fetchone()
+        except psycopg.OperationalError:    # the database went away: this connection is not reused
+            if conn.connection.dbapi_connection.broken:
+                conn.invalidate()
+            raise
+        return bytes(mvt or b""), version_
+    session.execute(text("SELECT set_config('jit', 'off', true), "
+                         "set_config('plan_cache_mode', 'force_custom_plan', true)"))   # one round trip
+    row = session.execute(text(combined), params).one()
     return bytes(row.mvt or b""), row.version
+
+
+@functools.lru_cache(maxsize=256)        # a statement per layer, zoom class and jurisdiction
+def driver_sql(sql: str) -> str:
+    """A statement with SQLAlchemy's ``:name`` binds as psycopg's ``%(name)s`` (``::type`` casts
+    and literal ``%`` kept), to run on the psycopg connection itself."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql.replace("%", "%%"))
 
 
 #: "overdue" turns true as deadlines pass with no write: layers that carry it (those with the
