@@ -2,12 +2,15 @@
 tile, throughput at 16 clients.
 
     GISGRID_HOME=/tmp/gg-bench GISGRID_PG_FAST=1 .venv/bin/python bench/tiles.py [--scale city|demo]
-        [--repeat 7] [--clients 16] [--seconds 20]
+        [--repeat 7] [--clients 16] [--seconds 20] [--layers incidents,grids] [--zooms 12,14]
 
-Loads the dataset if missing (bench/link.py's loader), starts two ``gisgrid serve`` (waitress)
-on loopback ports, one with the tile cache off (``GISGRID_TILE_CACHE_MB=0``: every request draws
-the tile) and one with it on, and asks them with an admin API token (the whole city in scope).
-For every layer at zooms 10, 12, 14 and 16, at the tile holding the centre of the city:
+Loads the dataset if missing (bench/link.py's loader), starts two ``gisgrid serve`` (gunicorn,
+gthread) on loopback ports, one with the tile cache off (``GISGRID_TILE_CACHE_MB=0``: every
+request draws the tile) and one with it on, and asks them with an admin API token (the whole city
+in scope). First the HTTP floor: ``GET /api/me`` (authenticated, no query, a few bytes) through
+the cached server with the same client, what any tile costs before its own work. Then for every
+layer at zooms 10, 12, 14 and 16 (``--layers``/``--zooms`` for a quicker subset; the zoom-12
+incident tile is always measured), at the tile holding the centre of the city:
 
 * floor: the very statement the server runs for that tile (``tiles.tile_sql``), executed by a
   bare psycopg connection as a prepared statement over the same Unix socket, with JIT off and
@@ -15,15 +18,17 @@ For every layer at zooms 10, 12, 14 and 16, at the tile holding the centre of th
   unfiltered tiles measured here the grid figures and the low-zoom incident bins read the
   per-grid tallies (``gisgrid.layers.tallies``), so the floor is the tally statement, not an
   aggregate over the raw incidents;
-* served, uncached: ``GET /tiles/<layer>/<z>/<x>/<y>.pbf`` (auth, version query, the statement,
-  gzip, HTTP), interleaved with the floor, p50 of ``--repeat``;
+* served, uncached: ``GET /tiles/<layer>/<z>/<x>/<y>.pbf`` (auth, the statement with its
+  version, gzip, HTTP), interleaved with the floor, p50 of ``--repeat``;
 * served, cached: the second server after one warm-up request; and a 304 revalidation;
 * size of the tile (raw and gzipped); served and floor bytes must be the same size.
 
 Beside it, the naive tile of generic tile servers: every incident as a point,
 ``ST_AsMVT`` over ``ST_AsMVTGeom`` of the raw rows, at zoom 12. Then throughput: ``--clients``
 threads for ``--seconds`` each asking random tiles (every layer, zooms 10–16, around the centre)
-of each server. Prints the issue's goals as met or NOT met; never asserts.
+of each server (``--seconds 0``: none). Prints the issue's goals as met or NOT met, and which
+tiles cannot meet them through HTTP at all (their SQL is shorter than the HTTP floor allows);
+never asserts.
 """
 from __future__ import annotations
 
