@@ -27,7 +27,6 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -565,13 +564,8 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
     params.update(_version_params(name))
     if tuned:
         conn = session.connection()
-        try:
-            version_, mvt = conn.connection.dbapi_connection.execute(driver_sql(combined), params,
-                                                                     prepare=True).fetchone()
-        except psycopg.OperationalError:    # the database went away: this connection is not reused
-            if conn.connection.dbapi_connection.broken:
-                conn.invalidate()
-            raise
+        conn.connection.dbapi_connection.prepare_threshold = 0    # prepared from the first run
+        version_, mvt = conn.exec_driver_sql(driver_sql(combined), params).one()
         return bytes(mvt or b""), version_
     session.execute(text("SELECT set_config('jit', 'off', true), "
                          "set_config('plan_cache_mode', 'force_custom_plan', true)"))   # one round trip
