@@ -2,12 +2,15 @@
 tile, throughput at 16 clients.
 
     GISGRID_HOME=/tmp/gg-bench GISGRID_PG_FAST=1 .venv/bin/python bench/tiles.py [--scale city|demo]
-        [--repeat 7] [--clients 16] [--seconds 20]
+        [--repeat 7] [--clients 16] [--seconds 20] [--layers incidents,grids] [--zooms 12,14]
 
-Loads the dataset if missing (bench/link.py's loader), starts two ``gisgrid serve`` (waitress)
-on loopback ports, one with the tile cache off (``GISGRID_TILE_CACHE_MB=0``: every request draws
-the tile) and one with it on, and asks them with an admin API token (the whole city in scope).
-For every layer at zooms 10, 12, 14 and 16, at the tile holding the centre of the city:
+Loads the dataset if missing (bench/link.py's loader), starts two ``gisgrid serve`` (gunicorn,
+gthread) on loopback ports, one with the tile cache off (``GISGRID_TILE_CACHE_MB=0``: every
+request draws the tile) and one with it on, and asks them with an admin API token (the whole city
+in scope). First the HTTP floor: ``GET /api/me`` (authenticated, no query, a few bytes) through
+the cached server with the same client, what any tile costs before its own work. Then for every
+layer at zooms 10, 12, 14 and 16 (``--layers``/``--zooms`` for a quicker subset; the zoom-12
+incident tile is always measured), at the tile holding the centre of the city:
 
 * floor: the very statement the server runs for that tile (``tiles.tile_sql``), executed by a
   bare psycopg connection as a prepared statement over the same Unix socket, with JIT off and
@@ -15,15 +18,17 @@ For every layer at zooms 10, 12, 14 and 16, at the tile holding the centre of th
   unfiltered tiles measured here the grid figures and the low-zoom incident bins read the
   per-grid tallies (``gisgrid.layers.tallies``), so the floor is the tally statement, not an
   aggregate over the raw incidents;
-* served, uncached: ``GET /tiles/<layer>/<z>/<x>/<y>.pbf`` (auth, version query, the statement,
-  gzip, HTTP), interleaved with the floor, p50 of ``--repeat``;
+* served, uncached: ``GET /tiles/<layer>/<z>/<x>/<y>.pbf`` (auth, the statement with its
+  version, gzip, HTTP), interleaved with the floor, p50 of ``--repeat``;
 * served, cached: the second server after one warm-up request; and a 304 revalidation;
 * size of the tile (raw and gzipped); served and floor bytes must be the same size.
 
 Beside it, the naive tile of generic tile servers: every incident as a point,
 ``ST_AsMVT`` over ``ST_AsMVTGeom`` of the raw rows, at zoom 12. Then throughput: ``--clients``
 threads for ``--seconds`` each asking random tiles (every layer, zooms 10–16, around the centre)
-of each server. Prints the issue's goals as met or NOT met; never asserts.
+of each server (``--seconds 0``: none). Prints the issue's goals as met or NOT met, and which
+tiles cannot meet them through HTTP at all (their SQL is shorter than the HTTP floor allows);
+never asserts.
 """
 from __future__ import annotations
 
@@ -31,7 +36,6 @@ import argparse
 import gzip
 import os
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -55,8 +59,10 @@ def p50(values):
 
 
 def psycopg_sql(sql: str) -> str:
-    """SQLAlchemy's ``:name`` binds as psycopg's ``%(name)s`` (``::type`` casts untouched)."""
-    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql.replace("%", "%%"))
+    """SQLAlchemy's ``:name`` binds as psycopg's ``%(name)s``: as the server sends its statement."""
+    from gisgrid.layers import tiles
+
+    return tiles.driver_sql(sql)
 
 
 def start_server(cache_mb: int, logpath: Path):
@@ -113,8 +119,12 @@ def main() -> None:
     ap.add_argument("--scale", default="city", choices=("city", "district", "demo"))
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--seconds", type=float, default=20, help="throughput run per server (0: skip it)")
+    ap.add_argument("--layers", default="", help="comma-separated layers (default: every layer; a quicker subset "
+                                                 "while iterating; the goals are then over that subset)")
+    ap.add_argument("--zooms", default=",".join(map(str, ZOOMS)), help="comma-separated zooms (default %(default)s)")
     args = ap.parse_args()
+    zooms = tuple(int(z) for z in args.zooms.split(","))
 
     engine, Session, dsn = link.connect(args.scale)
     link.ensure_dataset(engine, Session, args.scale, force=False)
@@ -150,36 +160,41 @@ def main() -> None:
             conn.execute("SET plan_cache_mode = force_custom_plan")   # no JIT, a custom plan each time
             log(f"\n{'layer':<14}{'z':>3} {'floor p50':>10} {'served':>9} {'ratio':>6} {'cached':>8} {'floor/c':>8} "
                 f"{'304':>7} {'raw KB':>8} {'gzip KB':>8} {'features':>9}")
-            for name in tiles.LAYERS:
-                for z in ZOOMS:
-                    t = tiles.Tile.at(z, cx, cy)
-                    sql, params = tiles.tile_sql(name, t, admin)
-                    q = psycopg_sql(sql)
-                    url = f"/tiles/{name}/{t.z}/{t.x}/{t.y}.pbf"
-                    floor, served = [], []
-                    raw = conn.execute(q, params, prepare=True).fetchone()[0] or b""   # warm both paths
-                    timed_get(http, uncached + url)
-                    for _ in range(args.repeat):
-                        t0 = time.perf_counter()
-                        raw = conn.execute(q, params, prepare=True).fetchone()[0] or b""
-                        floor.append(time.perf_counter() - t0)
-                        dt, r = timed_get(http, uncached + url)
-                        served.append(dt)
-                    body = r.content          # requests undoes the gzip; Content-Length is what was sent
-                    if len(body) != len(raw):
-                        log(f"  !! {name} z{z}: served {len(body)} bytes, floor {len(raw)} bytes")
-                    timed_get(http, cached + url)
-                    hits = [timed_get(http, cached + url)[0] for _ in range(max(args.repeat, 20))]
-                    etag = r.headers["ETag"]
-                    revalidate = [timed_get(http, cached + url, {"If-None-Match": etag})[0] for _ in range(10)]
-                    nfeat = _features(bytes(raw), name)
-                    row = dict(layer=name, z=z, floor=p50(floor), served=p50(served), cached=p50(hits),
-                               r304=p50(revalidate), raw=len(raw), gz=int(r.headers["Content-Length"]), features=nfeat)
-                    rows.append(row)
-                    log(f"{name:<14}{z:>3} {row['floor'] * 1e3:>8.1f}ms {row['served'] * 1e3:>7.1f}ms "
-                        f"{row['served'] / row['floor']:>6.2f} {row['cached'] * 1e3:>6.2f}ms "
-                        f"{row['floor'] / row['cached']:>8.1f} {row['r304'] * 1e3:>5.2f}ms {row['raw'] / 1024:>8.1f} "
-                        f"{row['gz'] / 1024:>8.1f} {nfeat:>9}")
+            http_floor = measure_http_floor(http, cached, args.repeat)
+            log(f"{'HTTP floor':<17} {http_floor * 1e3:>8.2f}ms  (GET /api/me: authenticated, no query, same server "
+                "and client as the cached tiles)")
+            pairs = [(name, z) for name in (args.layers.split(",") if args.layers else tiles.LAYERS) for z in zooms]
+            if ("incidents", 12) not in pairs:       # the one beside the naive tile
+                pairs.append(("incidents", 12))
+            for name, z in pairs:
+                t = tiles.Tile.at(z, cx, cy)
+                sql, params = tiles.tile_sql(name, t, admin)
+                q = psycopg_sql(sql)
+                url = f"/tiles/{name}/{t.z}/{t.x}/{t.y}.pbf"
+                floor, served = [], []
+                raw = conn.execute(q, params, prepare=True).fetchone()[0] or b""   # warm both paths
+                timed_get(http, uncached + url)
+                for _ in range(args.repeat):
+                    t0 = time.perf_counter()
+                    raw = conn.execute(q, params, prepare=True).fetchone()[0] or b""
+                    floor.append(time.perf_counter() - t0)
+                    dt, r = timed_get(http, uncached + url)
+                    served.append(dt)
+                body = r.content          # requests undoes the gzip; Content-Length is what was sent
+                if len(body) != len(raw):
+                    log(f"  !! {name} z{z}: served {len(body)} bytes, floor {len(raw)} bytes")
+                timed_get(http, cached + url)
+                hits = [timed_get(http, cached + url)[0] for _ in range(max(args.repeat, 20))]
+                etag = r.headers["ETag"]
+                revalidate = [timed_get(http, cached + url, {"If-None-Match": etag})[0] for _ in range(10)]
+                nfeat = _features(bytes(raw), name)
+                row = dict(layer=name, z=z, floor=p50(floor), served=p50(served), cached=p50(hits),
+                           r304=p50(revalidate), raw=len(raw), gz=int(r.headers["Content-Length"]), features=nfeat)
+                rows.append(row)
+                log(f"{name:<14}{z:>3} {row['floor'] * 1e3:>8.1f}ms {row['served'] * 1e3:>7.1f}ms "
+                    f"{row['served'] / row['floor']:>6.2f} {row['cached'] * 1e3:>6.2f}ms "
+                    f"{row['floor'] / row['cached']:>8.1f} {row['r304'] * 1e3:>5.2f}ms {row['raw'] / 1024:>8.1f} "
+                    f"{row['gz'] / 1024:>8.1f} {nfeat:>9}")
             # the naive raw-point tile at zoom 12, beside ours
             t = tiles.Tile.at(12, cx, cy)
             p = {"z": t.z, "x": t.x, "y": t.y}
@@ -198,12 +213,12 @@ def main() -> None:
         log(f"  smaller ×{naive['raw'] / max(ours['raw'], 1):.0f} (raw), faster ×{naive['time'] / ours['served']:.1f} "
             f"(uncached) / ×{naive['time'] / ours['cached']:.0f} (cached)")
         tput = {label: throughput(base, auth, cx, cy, args.clients, args.seconds)
-                for label, base in (("uncached", uncached), ("cached", cached))}
+                for label, base in (("uncached", uncached), ("cached", cached))} if args.seconds > 0 else {}
     finally:
         for proc in (uncached_proc, cached_proc):
             proc.terminate()
             proc.wait(timeout=10)
-    report(rows, naive, ours, tput, args)
+    report(rows, naive, ours, tput, http_floor, args)
     log(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
@@ -213,6 +228,13 @@ def _features(data: bytes, name: str) -> int:
     import mapbox_vector_tile
 
     return len(mapbox_vector_tile.decode(data).get(name, {}).get("features", []))
+
+
+def measure_http_floor(http, base, repeat) -> float:
+    """p50 of an authenticated request that does no query and sends a few bytes (``/api/me``):
+    what any tile costs through this server and client before its own work."""
+    timed_get(http, base + "/api/me")
+    return p50([timed_get(http, base + "/api/me")[0] for _ in range(max(repeat, 20) * 2)])
 
 
 def throughput(base, headers, cx, cy, clients, seconds) -> dict:
@@ -259,11 +281,12 @@ def throughput(base, headers, cx, cy, clients, seconds) -> dict:
             "p95": lat[int(0.95 * (len(lat) - 1))] if lat else float("nan"), "n": done[0], "distinct": len(urls)}
 
 
-def report(rows, naive, ours, tput, args) -> None:
+def report(rows, naive, ours, tput, http_floor, args) -> None:
     ratios = [r["served"] / r["floor"] for r in rows]
     heavy = [r for r in rows if r["floor"] >= 0.010]
-    log(f"\nthroughput, {args.clients} clients × {args.seconds:.0f} s, random tiles of every layer at zooms "
-        f"{', '.join(map(str, ZOOMS))} (the centre tile and its 8 neighbours: {tput['cached']['distinct']} URLs):")
+    if tput:
+        log(f"\nthroughput, {args.clients} clients × {args.seconds:.0f} s, random tiles of every layer at zooms "
+            f"{', '.join(map(str, ZOOMS))} (the centre tile and its 8 neighbours: {tput['cached']['distinct']} URLs):")
     for label, t in tput.items():
         log(f"  {label:<9} {t['rps']:8.1f} tiles/s   p50 {t['p50'] * 1e3:7.1f} ms   p95 {t['p95'] * 1e3:7.1f} ms   "
             f"errors {t['errors']}")
@@ -277,6 +300,21 @@ def report(rows, naive, ours, tput, args) -> None:
     goal("cached tiles at least 10× faster than the floor", min(c_ratio) >= 10,
          f"median ×{p50(c_ratio):.1f}, worst ×{min(c_ratio):.1f} (tiles whose SQL takes ≥10 ms: worst "
          f"×{min([r['floor'] / r['cached'] for r in heavy] or [float('nan')]):.1f})")
+    # what HTTP alone allows: served ≥ floor + HTTP floor, cached ≥ HTTP floor
+    no_uncached = [r for r in rows if (r["floor"] + http_floor) / r["floor"] > 1.3]
+    no_cached = [r for r in rows if r["floor"] / http_floor < 10]
+    log(f"  HTTP floor {http_floor * 1e3:.2f} ms (an authenticated request that does nothing): a tile can be within "
+        f"1.3× uncached only if its SQL takes ≥ {http_floor / 0.3 * 1e3:.1f} ms, and 10× faster cached only if it "
+        f"takes ≥ {http_floor * 10 * 1e3:.1f} ms")
+    log(f"    cannot meet 1.3× through HTTP at all: {len(no_uncached)} of {len(rows)} tiles "
+        f"({_names(no_uncached)})")
+    log(f"    cannot meet 10× cached through HTTP at all: {len(no_cached)} of {len(rows)} tiles "
+        f"({_names(no_cached)})")
+    reachable = [r for r in rows if r not in no_uncached]
+    if reachable:
+        log(f"    tiles that can: served median ratio {p50([r['served'] / r['floor'] for r in reachable]):.2f} "
+            f"over {len(reachable)} uncached; cached worst "
+            f"×{min([r['floor'] / r['cached'] for r in rows if r not in no_cached] or [float('nan')]):.1f}")
     goal("incident tile z12 at least 10× smaller than the naive raw-point tile", naive["raw"] >= 10 * ours["raw"],
          f"×{naive['raw'] / max(ours['raw'], 1):.0f}")
     goal("incident tile z12 at least 10× faster than the naive raw-point tile (served, uncached)",
@@ -284,6 +322,10 @@ def report(rows, naive, ours, tput, args) -> None:
     goal("no tile above 500 KB", biggest["raw"] <= LIMIT_BYTES,
          f"largest {biggest['layer']} z{biggest['z']}: {biggest['raw'] / 1024:.0f} KB raw, "
          f"{biggest['gz'] / 1024:.0f} KB gzipped")
+
+
+def _names(rows) -> str:
+    return ", ".join(f"{r['layer']} z{r['z']} {r['floor'] * 1e3:.1f} ms" for r in rows) or "none"
 
 
 def goal(what, ok, detail) -> None:

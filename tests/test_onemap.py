@@ -2,6 +2,7 @@
 checked against the database and against the caller's jurisdiction."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
 from conftest import login_as
@@ -77,3 +78,61 @@ def test_search_grid_code_address_incident_number(client, app):
     assert any(r["kind"] == "building" and r["label"] == addr for r in client.get(f"/api/search?q={addr}").json)
     assert client.get("/api/search?q=%25_%25").json == []          # LIKE wildcards are literal
     assert client.get("/api/search?q=").status_code == 400
+
+
+# -- unfiltered figures come from the tallies: they equal a fresh count ---------------------------
+def _principals(s):
+    from gisgrid import authz
+
+    out = [authz.Principal("admin", "admin")]
+    for name in ("gridworker", "commander"):
+        role, jur = s.execute(text("SELECT role, jurisdiction FROM app_user WHERE username = :u"), {"u": name}).one()
+        out.append(authz.Principal(name, role, tuple(jur or ())))
+    return out
+
+
+def test_kpi_and_panel_from_the_tally_equal_a_fresh_count(app):
+    """Every selection the strip and the panel offer (everything, map views that cut grids, each
+    level of area), for callers of three jurisdictions, after writes that move every figure the
+    tally cannot hold by itself (today's reports, deadlines ahead and past, a rejected closure,
+    satisfaction given): the tally figures equal the incidents counted afresh."""
+    from gisgrid.layers import summaries
+
+    with app.extensions["gisgrid"]["sessions"]() as s:
+        ids = s.execute(text("SELECT i.id FROM incident i JOIN incident_link l ON l.id = i.id "
+                             "WHERE l.grid_id IS NOT NULL ORDER BY i.id LIMIT 40")).scalars().all()
+        s.execute(text("UPDATE incident SET reported_at = now() WHERE id = ANY(:i)"), {"i": ids[:6]})
+        s.execute(text("UPDATE incident SET state = 'handling', deadline = now() + interval '2 days' WHERE id = ANY(:i)"),
+                  {"i": ids[6:12]})
+        s.execute(text("UPDATE incident SET state = 'dispatched', deadline = now() - interval '2 days' "
+                       "WHERE id = ANY(:i)"), {"i": ids[12:16]})
+        s.execute(text("UPDATE incident SET state = 'closed', merged_into_id = NULL, satisfaction = 2 WHERE id = ANY(:i)"),
+                  {"i": ids[16:20]})
+        s.execute(text("UPDATE incident SET satisfaction = 5 WHERE id = ANY(:i)"), {"i": ids[20:26]})
+        s.execute(text("INSERT INTO incident_event (incident_id, from_state, to_state, actor, note, at) "
+                       "SELECT id, 'evaluated', 'closed', 'admin', '[reject] not fixed', now() "
+                       "FROM incident WHERE id = ANY(:i)"), {"i": ids[16:18]})
+        w, so, e, n = s.execute(text("SELECT ST_XMin(x), ST_YMin(x), ST_XMax(x), ST_YMax(x) FROM "
+                                     "(SELECT ST_Extent(geom)::geometry AS x FROM grid WHERE valid_to IS NULL) q")).one()
+        views = [None, (w, so, e, n), (w, so, (w + e) / 2, n), (w + (e - w) / 3, so + (n - so) / 3, e, n - (n - so) / 5)]
+        grid, community = s.execute(text("SELECT g.code, g.community_code FROM grid g JOIN incident_link l "
+                                         "ON l.grid_id = g.id WHERE l.id = :i"), {"i": ids[0]}).one()
+        areas = [grid, community, community[:9] + "000", community[:6] + "000000"]
+        for p in _principals(s):
+            for bbox in views:
+                tallied, fresh = summaries.kpi(s, p, bbox=bbox), summaries.kpi(s, p, bbox=bbox, fresh=True)
+                assert tallied == fresh, (p.username, bbox)
+            for code in areas:
+                try:
+                    fresh = summaries.kpi(s, p, code=code, fresh=True)
+                except Exception as exc:      # an area outside the caller's jurisdiction: the same refusal
+                    with pytest.raises(type(exc)):
+                        summaries.kpi(s, p, code=code)
+                    continue
+                assert summaries.kpi(s, p, code=code) == fresh, (p.username, code)
+                assert summaries.summary(s, code, p) == summaries.summary(s, code, p, fresh=True), (p.username, code)
+        everything = summaries.kpi(s, _principals(s)[0])
+        assert everything["new_today"] >= 6 and everything["overdue"] > 0
+        assert everything["resolved"] < s.execute(text("SELECT count(*) FROM incident WHERE state = 'closed' "
+                                                       "AND merged_into_id IS NULL")).scalar()
+        s.rollback()

@@ -1,5 +1,6 @@
 """The incident tally (gisgrid.layers.tallies) equals a fresh count after every kind of write:
-reports (the one-statement report path), state changes through the workflow, a merge, a move
+reports (the one-statement report path), state changes through the workflow, a merge, evaluations
+(satisfaction), a move
 and re-link of one incident, a bulk import, deletes, a bulk re-link (its triggers move with the
 new link table) and a truncate; and the tiles drawn from it equal the incidents themselves."""
 from __future__ import annotations
@@ -52,6 +53,16 @@ def test_tally_follows_every_write(two_grids):
     s.execute(text("UPDATE incident SET deadline = now() - interval '1 hour' WHERE code = :c"), {"c": made[8]["code"]})
     s.execute(text("UPDATE incident SET description = 'no figure changes'"))
     assert_tally_fresh(s)
+    # evaluations: a satisfaction given (rated), 4 or 5 (satisfied), changed, taken back
+    s.execute(text("UPDATE incident SET satisfaction = 5 WHERE code = ANY(:c)"), {"c": [i["code"] for i in made[3:5]]})
+    s.execute(text("UPDATE incident SET satisfaction = 2 WHERE code = :c"), {"c": made[5]["code"]})
+    assert_tally_fresh(s)
+    assert sum(r["rated"] for r in tallies.by_grid(s, "incident").values()) == 3
+    assert sum(r["satisfied"] for r in tallies.by_grid(s, "incident").values()) == 2
+    s.execute(text("UPDATE incident SET satisfaction = CASE WHEN satisfaction = 5 THEN 3 ELSE NULL END "
+                   "WHERE code = ANY(:c)"), {"c": [i["code"] for i in made[3:6]]})
+    assert_tally_fresh(s)
+    assert sum(r["satisfied"] for r in tallies.by_grid(s, "incident").values()) == 0
 
     # a move across the shared edge, re-linked as a writer does
     s.execute(text("UPDATE incident SET geom = ST_SetSRID(ST_MakePoint(114.015, 30.005), 4326) WHERE code = :c"),

@@ -5,8 +5,18 @@ An *area* is a current grid (15+ digit code) or an admin area (12 digits). Every
 limited to the caller's jurisdiction (:func:`gisgrid.authz.scope_sql`): a field worker who opens
 their community sees their own grid's households and incidents, not the neighbours'. Incident
 figures take the one map's filters (:class:`gisgrid.layers.tiles.Filters`).
+
+Without filters the figures come from the per-grid tallies (:mod:`gisgrid.layers.tallies`): the
+tally rows of the grids in the selection, the few records outside every grid (and, for a map
+view, the records of the grids its edge cuts) counted from their rows, and what the tally cannot
+hold read beside it from small indexes (open incidents not yet due, rejected closures, today's
+reports). A city-wide strip reads 40,000 tally rows instead of a million incidents. With filters
+(time range, category, state) they are counted from the incidents themselves, as
+``fresh=True`` does for any selection (what the tests compare the tally figures with).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -27,15 +37,116 @@ _FIGURES = (
     "count(*) AS received, count(*) FILTER (WHERE i.state = ANY(:open)) AS open, "
     "count(*) FILTER (WHERE i.state = ANY(:open) AND i.deadline < now()) AS overdue, "
     f"count(*) FILTER (WHERE {incidents.RESOLVED_SQL}) AS resolved, "
-    "count(*) FILTER (WHERE i.satisfaction >= 4) AS satisfied, count(i.satisfaction) AS evaluated, "
+    "count(*) FILTER (WHERE i.satisfaction >= 4) AS satisfied, count(i.satisfaction) AS rated, "
     "count(*) FILTER (WHERE i.reported_at >= date_trunc('day', now() AT TIME ZONE 'Asia/Shanghai') "
     "AT TIME ZONE 'Asia/Shanghai') AS new_today")
+
+
+_TODAY = ("date_trunc('day', now() AT TIME ZONE 'Asia/Shanghai') AT TIME ZONE 'Asia/Shanghai'")
+_OPEN_LIST = ", ".join(f"'{s}'" for s in incidents.OPEN_STATES)     # literal: the partial index's predicate
+_LINKED = "incident i JOIN incident_link l ON l.id = i.id"
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which incidents a figure counts, three ways: ``tally`` a condition on the tally rows ``t``
+    wholly inside it, ``rest`` a FROM … WHERE giving the incidents ``i`` inside it that those rows
+    do not hold (``{lscope}``: the jurisdiction on their links ``l``), ``where`` a condition on
+    ``i``/``l`` of all of them."""
+    tally: str
+    rest: str
+    where: str
+
+
+def _select_area(level: str) -> _Selection:
+    t, l = _in_area(level, "t"), _in_area(level, "l")
+    return _Selection(t, f"{_LINKED} WHERE l.grid_id IS NULL AND {l} AND {{lscope}}", l)
+
+
+#: the codes of an area's level and above, and how many digits of a code name each
+_CHAIN = (("district", 6), ("street", 9), ("community", 12), ("grid", None))
+
+
+def _in_area(level: str, alias: str) -> str:
+    """``alias`` (a table with the four codes) inside the area of ``level`` (``:c`` and its
+    parents ``:c_<level>``, bound by :func:`_area_params`): with the parents' codes one
+    (district, street, community, grid) index serves every level."""
+    conds = []
+    for lv, _ in _CHAIN:
+        conds.append(f"{alias}.{AREA_COLUMN[lv]} = :{'c' if lv == level else 'c_' + lv}")
+        if lv == level:
+            return " AND ".join(conds)
+    raise ValueError(level)
+
+
+def _area_params(level: str, code: str) -> dict:
+    out = {"c": code}
+    for lv, digits in _CHAIN:
+        if lv == level:
+            return out
+        out[f"c_{lv}"] = code[:digits].ljust(12, "0")
+    raise ValueError(level)
+
+
+_EVERYWHERE = _Selection("TRUE", f"{_LINKED} WHERE l.grid_id IS NULL AND {{lscope}}", "TRUE")
+_BOX = "ST_MakeEnvelope(:w, :s, :e, :n, 4326)"
+#: a map view: the grids it covers from the tally; from their rows, the incidents outside every
+#: grid and those of the grids its edge cuts (a grid's incidents lie in it: found from the
+#: incident index, a probe per cut grid)
+_IN_BOX = _Selection(
+    # (the grids meeting the view, each marked covered or not: the planner estimates how many
+    # meet a box well, how many it covers badly, and would probe the tally once per grid)
+    f"t.grid_id IN (SELECT g.id FROM (SELECT g.id, g.geom @ {_BOX} AS covered FROM grid g "
+    f"WHERE g.valid_to IS NULL AND g.geom && {_BOX} OFFSET 0) g WHERE g.covered)",
+    f"(SELECT i.state, i.deadline, i.merged_into_id, i.satisfaction FROM {_LINKED} "
+    f"WHERE l.grid_id IS NULL AND i.geom && {_BOX} AND {{lscope}} UNION ALL "
+    "SELECT c.* FROM grid g CROSS JOIN LATERAL (SELECT i.state, i.deadline, i.merged_into_id, i.satisfaction "
+    f"FROM {_LINKED} WHERE i.geom && g.geom AND i.geom && {_BOX} AND l.grid_id = g.id AND {{lscope}} OFFSET 0) c "
+    f"WHERE g.valid_to IS NULL AND g.geom && {_BOX} AND NOT g.geom @ {_BOX}) i WHERE TRUE",   # (OFFSET 0: per grid)
+    f"i.geom && {_BOX}")
+
+_STATE_COLUMNS = ", ".join(incidents.STATES)
+#: per part of a selection: received, by state, due (open with a deadline), closed and not
+#: merged, rated, satisfied (4 or 5) – from tally rows ``t`` or from incidents ``i``
+_TALLY_PART = ("SELECT sum(t.n) AS n, " + ", ".join(f"sum(t.{st}) AS {st}" for st in incidents.STATES)
+               + ", sum(t.due) AS due, sum(t.closed - t.merged) AS closed_unmerged, sum(t.rated) AS rated, "
+               "sum(t.satisfied) AS satisfied FROM incident_tally t WHERE {tally} AND {tscope}")
+_ROW_PART = ("SELECT count(*), " + ", ".join(f"count(*) FILTER (WHERE i.state = '{st}')" for st in incidents.STATES)
+             + ", count(*) FILTER (WHERE i.state = ANY(:open) AND i.deadline IS NOT NULL), "
+             "count(*) FILTER (WHERE i.state = 'closed' AND i.merged_into_id IS NULL), count(i.satisfaction), "
+             "count(*) FILTER (WHERE i.satisfaction >= 4) FROM {rest}")
+_TALLIED = (
+    "SELECT coalesce(sum(n), 0)::int AS received, "
+    + ", ".join(f"coalesce(sum({st}), 0)::int AS {st}" for st in incidents.STATES)
+    + ", coalesce(sum(due), 0)::int AS due, coalesce(sum(closed_unmerged), 0)::int AS closed_unmerged, "
+    "coalesce(sum(rated), 0)::int AS rated, coalesce(sum(satisfied), 0)::int AS satisfied, "
+    # beside the tally, from small indexes: open and not yet due, closed after a rejection, today's
+    f"(SELECT count(*) FROM {_LINKED} WHERE i.state IN ({_OPEN_LIST}) AND i.deadline >= now() "
+    "AND {where} AND {lscope})::int AS not_due, "
+    "(SELECT count(DISTINCT i.id) FROM incident_event e JOIN incident i ON i.id = e.incident_id "
+    "JOIN incident_link l ON l.id = i.id WHERE e.note LIKE '[reject]%' AND i.state = 'closed' "
+    "AND i.merged_into_id IS NULL AND {where} AND {lscope})::int AS rejected, "
+    f"(SELECT count(*) FROM {_LINKED} WHERE i.reported_at >= {_TODAY} AND {{where}} AND {{lscope}})::int AS new_today "
+    f"FROM ({_TALLY_PART} UNION ALL {_ROW_PART}) u")
+
+
+def _tallied(session: Session, principal: authz.Principal, sel: _Selection, params: dict) -> dict:
+    """Figures and counts by state of a selection, without filters, from the tally."""
+    tscope, tp = authz.scope_sql(principal, "t")
+    lscope, lp = authz.scope_sql(principal, "l")
+    sql = _TALLIED.format(tally=sel.tally, rest=sel.rest.format(lscope=lscope), where=sel.where, tscope=tscope,
+                          lscope=lscope)
+    row = dict(session.execute(text(sql), {**params, **tp, **lp, "open": list(incidents.OPEN_STATES)}).mappings().one())
+    row["open"] = sum(row[st] for st in incidents.OPEN_STATES)
+    row["overdue"] = row.pop("due") - row.pop("not_due")
+    row["resolved"] = row.pop("closed_unmerged") - row.pop("rejected")
+    return row
 
 
 def _rates(row) -> dict:
     out = {k: int(row[k]) for k in ("received", "open", "overdue", "resolved", "new_today")}
     out["resolution_rate"] = round(row["resolved"] / row["received"], 4) if row["received"] else None
-    out["satisfaction_rate"] = round(row["satisfied"] / row["evaluated"], 4) if row["evaluated"] else None
+    out["satisfaction_rate"] = round(row["satisfied"] / row["rated"], 4) if row["rated"] else None
     return out
 
 
@@ -63,7 +174,8 @@ def area(session: Session, code: str, principal: authz.Principal) -> dict:
     return out
 
 
-def summary(session: Session, code: str, principal: authz.Principal, filters: Filters = Filters()) -> dict:
+def summary(session: Session, code: str, principal: authz.Principal, filters: Filters = Filters(),
+            fresh: bool = False) -> dict:
     """The side panel of one area: its team (names, roles, phones), households, buildings,
     residents, incidents by state and by category, the most recent incidents, and the
     resolution (化解率) and satisfaction (满意率) rates, all inside the caller's jurisdiction.
@@ -74,6 +186,9 @@ def summary(session: Session, code: str, principal: authz.Principal, filters: Fi
         A current grid's code or an admin area's 12-digit code.
     filters : Filters
         Applied to every incident figure.
+    fresh : bool, default False
+        Count every figure from the records themselves, not from the tallies (what the
+        filtered panel does; the tests compare the two).
 
     Raises
     ------
@@ -81,24 +196,26 @@ def summary(session: Session, code: str, principal: authz.Principal, filters: Fi
         for a malformed code; NotFound for an area outside the jurisdiction or unknown.
     """
     a = area(session, code, principal)
-    col = AREA_COLUMN[a["level"]]
+    level = a["level"]
     fsql, fparams = filters.sql("i")
     out = dict(a)
-    params = {"c": code, "open": list(incidents.OPEN_STATES), **fparams}
-    counts = {}
     scope, sp = authz.scope_sql(principal, "l")
-    for alias, table in (("b", "building"), ("r", "resident")):
-        counts[table] = session.execute(text(
-            f"SELECT count(*), coalesce(sum({'b.households' if alias == 'b' else '0'}), 0) FROM {table} {alias} "
-            f"JOIN {table}_link l ON l.id = {alias}.id WHERE l.{col} = :c AND {scope}"), {**params, **sp}).one()
-    out["buildings"], out["households"] = int(counts["building"][0]), int(counts["building"][1])
-    out["residents"] = int(counts["resident"][0])
-    where = f"l.{col} = :c AND {scope} AND {fsql}"
-    params.update(sp)
-    out.update(_rates(session.execute(text(f"SELECT {_FIGURES} FROM {_INCIDENTS} WHERE {where}"),
-                                      params).mappings().one()))
-    out["by_state"] = [{"state": s, "name": incidents.STATES[s], "n": n} for s, n in session.execute(text(
-        f"SELECT i.state, count(*) FROM {_INCIDENTS} WHERE {where} GROUP BY 1 ORDER BY 2 DESC"), params)]
+    params = {**_area_params(level, code), "open": list(incidents.OPEN_STATES), **fparams, **sp}
+    out["buildings"], out["households"] = _buildings(session, principal, level, code, fresh)
+    # one link row per resident (removed with it): counted from the link table's area index
+    out["residents"] = session.execute(text(
+        f"SELECT count(*) FROM resident_link l WHERE {_in_area(level, 'l')} AND {scope}"), params).scalar()
+    where = f"{_in_area(level, 'l')} AND {scope} AND {fsql}"
+    if filters.tallied() and not fresh:
+        figures = _tallied(session, principal, _select_area(level), _area_params(level, code))
+        by_state = [(st, figures[st]) for st in incidents.STATES if figures[st]]
+    else:
+        figures = session.execute(text(f"SELECT {_FIGURES} FROM {_INCIDENTS} WHERE {where}"), params).mappings().one()
+        by_state = session.execute(text(f"SELECT i.state, count(*) FROM {_INCIDENTS} WHERE {where} GROUP BY 1"),
+                                   params).all()
+    out.update(_rates(figures))
+    out["by_state"] = [{"state": st, "name": incidents.STATES[st], "n": n}
+                       for st, n in sorted(by_state, key=lambda r: (-r[1], list(incidents.STATES).index(r[0])))]
     out["by_category"] = [{"category": c, "name": incidents.CATEGORIES.get(c, c), "n": n} for c, n in session.execute(
         text(f"SELECT i.category, count(*) FROM {_INCIDENTS} WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1"), params)]
     out["recent"] = [dict(r, state_name=incidents.STATES[r["state"]],
@@ -107,29 +224,54 @@ def summary(session: Session, code: str, principal: authz.Principal, filters: Fi
         "SELECT i.code, i.state, i.category, i.reported_at, i.address, ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat "
         f"FROM {_INCIDENTS} WHERE {where} ORDER BY i.reported_at DESC, i.id DESC LIMIT {RECENT}"), params).mappings()]
     out["team"] = staff.team(session, a["id"]) if a["level"] == "grid" else []
-    if a["level"] != "grid":
+    if level != "grid":
         gscope, gp = authz.scope_sql(principal, "g", grid_col="code")
         out["grids"] = session.execute(text(
-            f"SELECT count(*) FROM grid g WHERE g.valid_to IS NULL AND g.{col if col != 'grid_code' else 'code'} = :c "
-            f"AND {gscope}"), {"c": code, **gp}).scalar()
+            f"SELECT count(*) FROM grid g WHERE g.valid_to IS NULL AND g.{AREA_COLUMN[level]} = :c AND {gscope}"),
+            {"c": code, **gp}).scalar()
     return out
 
 
+def _buildings(session: Session, principal: authz.Principal, level: str, code: str, fresh: bool) -> tuple[int, int]:
+    """Buildings and households of an area: the building tally of its grids and the buildings
+    outside every grid (or every building, ``fresh``)."""
+    lscope, lp = authz.scope_sql(principal, "l")
+    rows = f"FROM building b JOIN building_link l ON l.id = b.id WHERE {_in_area(level, 'l')} AND {lscope}"
+    if fresh:
+        sql = f"SELECT count(*), coalesce(sum(b.households), 0) {rows}"
+    else:
+        tscope, tp = authz.scope_sql(principal, "t")
+        lp.update(tp)
+        sql = ("SELECT coalesce(sum(n), 0), coalesce(sum(h), 0) FROM ("
+               f"SELECT sum(t.buildings) AS n, sum(t.households) AS h FROM building_tally t WHERE {_in_area(level, 't')} "
+               f"AND {tscope} UNION ALL SELECT count(*), sum(b.households) {rows} AND l.grid_id IS NULL) u")
+    n, households = session.execute(text(sql), {**_area_params(level, code), **lp}).one()
+    return int(n), int(households)
+
+
 def kpi(session: Session, principal: authz.Principal, *, bbox=None, code: str | None = None,
-        filters: Filters = Filters()) -> dict:
+        filters: Filters = Filters(), fresh: bool = False) -> dict:
     """The KPI strip: new today, received, open, overdue, resolution and satisfaction rates of
     the incidents in ``bbox`` (``(w, s, e, n)`` degrees) or in area ``code`` (or everywhere the
-    caller may see), with the filters."""
+    caller may see), with the filters. ``fresh``: counted from the incidents themselves, not
+    from the tally (what the filtered strip does)."""
+    params, level = {}, None
+    if code:
+        level = area(session, code, principal)["level"]
+        params.update(_area_params(level, code))
+    if bbox is not None:
+        params.update(w=bbox[0], s=bbox[1], e=bbox[2], n=bbox[3])
+    if filters.tallied() and not fresh and not (code and bbox is not None):
+        sel = _select_area(level) if code else _IN_BOX if bbox is not None else _EVERYWHERE
+        return _rates(_tallied(session, principal, sel, params))
     scope, sp = authz.scope_sql(principal, "l")
     fsql, fp = filters.sql("i")
-    conds, params = [scope, fsql], {**sp, **fp, "open": list(incidents.OPEN_STATES)}
+    conds = [scope, fsql]
+    params.update(sp, **fp, open=list(incidents.OPEN_STATES))
     if code:
-        a = area(session, code, principal)
-        conds.append(f"l.{AREA_COLUMN[a['level']]} = :c")
-        params["c"] = code
+        conds.append(_in_area(level, "l"))
     if bbox is not None:
-        conds.append("i.geom && ST_MakeEnvelope(:w, :s, :e, :n, 4326)")
-        params.update(w=bbox[0], s=bbox[1], e=bbox[2], n=bbox[3])
+        conds.append(f"i.geom && {_BOX}")
     row = session.execute(text(f"SELECT {_FIGURES} FROM {_INCIDENTS} WHERE {' AND '.join(conds)}"),
                           params).mappings().one()
     return _rates(row)

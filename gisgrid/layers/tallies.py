@@ -5,7 +5,8 @@ read one row per grid instead of every incident or building.
 ``incident_tally (grid_id, shard, n, <one column per state>, merged, due, sx, sy)`` holds, per
 current link of an incident to a grid (``incident_link.grid_id``), the number of incidents
 (``n``), how many are in each state, how many closed ones were merged into another (``merged``:
-not "resolved"), how many open ones have a deadline (``due``) and the sums of their longitudes
+not "resolved"), how many open ones have a deadline (``due``), how many carry a satisfaction
+(``rated``) and how many of those are 4 or 5 (``satisfied``; migration 0014) and the sums of their longitudes
 and latitudes (``sx``, ``sy``: the mean position of a grid's incidents, where a bin draws them).
 ``building_tally (grid_id, shard, buildings, households, sx, sy)`` is kept the same way from
 buildings (their ``anchor``) and ``building_link``. Each row also carries its grid's codes (grid, community, street, district, copied from the
@@ -32,8 +33,8 @@ their rows. Filtered views (time range, category, state) aggregate the incidents
 """
 from __future__ import annotations
 
-from sqlalchemy import Float, Integer, SmallInteger, String, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Float, Index, Integer, SmallInteger, String, text
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 from sqlalchemy.orm import Session
 
 from gisgrid.db.base import Base
@@ -44,7 +45,14 @@ SHARDS = 8
 
 
 class _GridRow:
-    """A tally row: a grid's shard, its codes, and the mean position of its records (sums)."""
+    """A tally row: a grid's shard, its codes, and the mean position of its records (sums).
+    The codes are indexed as the link tables' are (an area and its parents' codes: one index
+    serves every level; migration 0014)."""
+
+    @declared_attr.directive
+    def __table_args__(cls):
+        return (Index(f"ix_{cls.__tablename__}_area", "district_code", "street_code", "community_code", "grid_code"),)
+
     grid_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     grid_code: Mapped[str | None] = mapped_column(String(20, collation="C"))
     community_code: Mapped[str | None] = mapped_column(String(12, collation="C"))
@@ -72,6 +80,8 @@ class IncidentTally(_GridRow, Base):
     closed: Mapped[int] = _count()
     merged: Mapped[int] = _count()
     due: Mapped[int] = _count()
+    rated: Mapped[int] = _count()        # a satisfaction given (migration 0014)
+    satisfied: Mapped[int] = _count()    # satisfaction 4 or 5
 
 
 class BuildingTally(_GridRow, Base):
@@ -82,13 +92,14 @@ class BuildingTally(_GridRow, Base):
     households: Mapped[int] = _count()
 
 
-COUNTS = {"incident": ("n",) + STATES + ("merged", "due"), "building": ("buildings", "households")}
+COUNTS = {"incident": ("n",) + STATES + ("merged", "due", "rated", "satisfied"), "building": ("buildings", "households")}
 #: what each tally sums over the rows ``i`` of its layer joined to their links ``l``
 _FRESH = {
     "incident": ("count(*)::int AS n, "
                  + ", ".join(f"count(*) FILTER (WHERE i.state = '{s}')::int AS {s}" for s in STATES)
                  + ", count(*) FILTER (WHERE i.state = 'closed' AND i.merged_into_id IS NOT NULL)::int AS merged, "
                  "count(*) FILTER (WHERE i.state = ANY(:open) AND i.deadline IS NOT NULL)::int AS due, "
+                 "count(i.satisfaction)::int AS rated, count(*) FILTER (WHERE i.satisfaction >= 4)::int AS satisfied, "
                  "sum(ST_X(i.geom)) AS sx, sum(ST_Y(i.geom)) AS sy"),
     "building": ("count(*)::int AS buildings, coalesce(sum(i.households), 0)::int AS households, "
                  "sum(ST_X(i.anchor)) AS sx, sum(ST_Y(i.anchor)) AS sy"),

@@ -21,7 +21,9 @@ Filters (incidents and the grid counts): ``since``/``until`` (reported time, ``[
 """
 from __future__ import annotations
 
+import functools
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -283,15 +285,26 @@ def _bins(name: str, table: str, alias: str, anchor: str, cols: str, counts: str
     ``[w, e) × [s, n)`` and a cell is found from lon and from ``ln(tan(π/4 + lat/2))``: no
     reprojection per point, one per bin. (``OFFSET 0`` keeps lon/lat computed once a row.)"""
     inner = (
-        f"SELECT {counts}, ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(avg(lon), avg(lat)), 4326), 3857), "
-        f"env.tile, {EXTENT}, {BUFFER}, true) AS geom "
+        f"SELECT {counts}, {_bin_point('avg(lon)', 'avg(lat)')} AS geom "
         f"FROM (SELECT {cols}, ST_X({alias}.{anchor}) AS lon, ST_Y({alias}.{anchor}) AS lat "
         f"FROM {table} {alias} {linking.join_sql(table, alias)} "
         f"WHERE {alias}.{anchor} && {_INNER} AND {where} OFFSET 0) {alias}, env "
-        "WHERE lon >= env.w AND lon < env.e AND lat >= env.s AND lat < env.n "
-        f"GROUP BY floor((lon - env.w) / (env.e - env.w) * {BINS}), "
-        f"floor(({_MERC.format('lat')} - env.my0) / (env.my1 - env.my0) * {BINS}), env.tile")
+        f"WHERE lon >= env.w AND lon < env.e AND lat >= env.s AND lat < env.n GROUP BY {_bin_key('lon', 'lat')}")
     return _mvt(name, inner, fid=False)
+
+
+def _bin_key(lon: str, lat: str) -> str:
+    """The bin (an integer, row-major) of a point strictly inside the tile."""
+    return (f"floor(({lon} - env.w) / (env.e - env.w) * {BINS})::int * {BINS} "
+            f"+ floor(({_MERC.format(lat)} - env.my0) / (env.my1 - env.my0) * {BINS})::int")
+
+
+def _bin_point(lon: str, lat: str) -> str:
+    """A point strictly inside the tile in tile coordinates (what ``ST_AsMVTGeom`` makes of its
+    Web Mercator position): longitude is linear in x, ``ln(tan(π/4 + lat/2))`` in y, so no
+    reprojection; snapped to the integer grid (``round`` like ``ST_AsMVTGeom``'s ``rint``)."""
+    return (f"ST_MakePoint(round(({lon} - min(env.w)) / (min(env.e) - min(env.w)) * {EXTENT}), "
+            f"round((min(env.my1) - {_MERC.format(lat)}) / (min(env.my1) - min(env.my0)) * {EXTENT}))")
 
 
 def _admin_areas(tile: Tile, principal, filters) -> tuple[str, dict]:
@@ -474,21 +487,20 @@ def _tally_bins(name: str, layer: str, anchor: str, tile: Tile, principal, sums:
     # the grids whose box meets the tile (a grid's mean position lies inside its box); below zoom
     # 12 a tile holds most of a city: the whole tally is read without the grids (the mean
     # positions decide)
-    grids = "" if tile.z < 12 else f"JOIN grid g ON g.id = t.grid_id AND g.geom && {_INNER} "
+    # (probed by grid id from the grid index: a hash join would read every tally row)
+    grids = "" if tile.z < 12 else f"t.grid_id = ANY(ARRAY(SELECT g.id FROM grid g WHERE g.geom && {_INNER})) AND "
     rows = (   # each tally row (a grid's shard) at the mean position of its records
         f"SELECT {', '.join(f'{e} AS {c}' for c, e in sums.items())}, t.sx, t.sy "
-        f"FROM {layer}_tally t {grids}WHERE {sums[count]} > 0 AND {tscope} "
+        f"FROM {layer}_tally t WHERE {grids}{sums[count]} > 0 AND {tscope} "
         f"UNION ALL SELECT {', '.join(raw[c] for c in cols)}, ST_X(i.{anchor}), ST_Y(i.{anchor}) "
         f"FROM {layer}_link l JOIN {layer} i ON i.id = l.id WHERE l.grid_id IS NULL AND i.{anchor} && {_INNER} "
         f"AND {lscope}")
     inner = (
         f"SELECT {', '.join(f'sum(p.{c})::int AS {c}' for c in cols)}, "
-        f"ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(sum(p.sx) / sum(p.{count}), sum(p.sy) / sum(p.{count})), "
-        f"4326), 3857), env.tile, {EXTENT}, {BUFFER}, true) AS geom "
+        f"{_bin_point(f'sum(p.sx) / sum(p.{count})', f'sum(p.sy) / sum(p.{count})')} AS geom "
         f"FROM (SELECT r.*, r.sx / r.{count} AS lon, r.sy / r.{count} AS lat FROM ({rows}) r OFFSET 0) p, env "
         "WHERE p.lon >= env.w AND p.lon < env.e AND p.lat >= env.s AND p.lat < env.n "
-        f"GROUP BY floor((p.lon - env.w) / (env.e - env.w) * {BINS}), "
-        f"floor(({_MERC.format('p.lat')} - env.my0) / (env.my1 - env.my0) * {BINS}), env.tile")
+        f"GROUP BY {_bin_key('p.lon', 'p.lat')}")
     return _mvt(name, inner, fid=False)
 
 
@@ -534,8 +546,10 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
            filters: Filters = Filters(), tuned: bool = False) -> tuple[bytes, str]:
     """Draw one tile. Returns ``(mvt_bytes, version)``: the version of the layer's tables read in
     the same statement (so the bytes are exactly the data of that version). ``tuned``: the
-    session's connections already plan every statement afresh and never JIT (the web app's
-    tile engine), so the per-transaction settings below are not needed.
+    session is autocommitted and its connections plan every statement afresh and never JIT
+    (the web app's tile engine), so the per-transaction settings below are not needed, and the
+    statement goes to psycopg as a prepared statement from its first run (parsed once per
+    connection and shape of tile; still a custom plan each time).
 
     Examples
     --------
@@ -546,12 +560,24 @@ def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
     # seconds of LLVM for a statement that runs once. Off for this transaction.
     # And the boxes are parameters: a generic plan (psycopg prepares a statement run five times
     # on a connection) cannot see how many rows a box holds and may take minutes. Custom plans.
-    if not tuned:
-        session.execute(text("SELECT set_config('jit', 'off', true), "
-                             "set_config('plan_cache_mode', 'force_custom_plan', true)"))   # one round trip
     combined = f"{_ENV}SELECT {_version_sql(name)} AS version, ({sql}) AS mvt"
-    row = session.execute(text(combined), {**params, **_version_params(name)}).one()
+    params.update(_version_params(name))
+    if tuned:
+        conn = session.connection()
+        conn.connection.dbapi_connection.prepare_threshold = 0    # prepared from the first run
+        version_, mvt = conn.exec_driver_sql(driver_sql(combined), params).one()
+        return bytes(mvt or b""), version_
+    session.execute(text("SELECT set_config('jit', 'off', true), "
+                         "set_config('plan_cache_mode', 'force_custom_plan', true)"))   # one round trip
+    row = session.execute(text(combined), params).one()
     return bytes(row.mvt or b""), row.version
+
+
+@functools.lru_cache(maxsize=256)        # a statement per layer, zoom class and jurisdiction
+def driver_sql(sql: str) -> str:
+    """A statement with SQLAlchemy's ``:name`` binds as psycopg's ``%(name)s`` (``::type`` casts
+    and literal ``%`` kept), to run on the psycopg connection itself."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql.replace("%", "%%"))
 
 
 #: "overdue" turns true as deadlines pass with no write: layers that carry it (those with the

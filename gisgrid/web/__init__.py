@@ -31,10 +31,12 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.session_interface = auth.CookieSessions()
     engine = make_engine(database_url(settings), statement_timeout_ms=30_000)
     # vector tiles: autocommitted single statements (no BEGIN/ROLLBACK round trips), planned
-    # for their own box every time, and never JIT-compiled (seconds of LLVM for a statement
+    # for their own box every time (prepared once per connection, so parsed once, but never a
+    # generic plan: force_custom_plan), and never JIT-compiled (seconds of LLVM for a statement
     # that runs once); disposed with the main engine
-    tile_engine = make_engine(database_url(settings), statement_timeout_ms=30_000, server_settings={"jit": "off"},
-                              prepare=False, isolation_level="AUTOCOMMIT")
+    tile_engine = make_engine(database_url(settings), statement_timeout_ms=30_000,
+                              server_settings={"jit": "off", "plan_cache_mode": "force_custom_plan"},
+                              isolation_level="AUTOCOMMIT")
     event.listen(engine, "engine_disposed", lambda _engine: tile_engine.dispose())
     app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine),
                                  "autocommit_sessions": make_sessionmaker(

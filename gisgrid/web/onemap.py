@@ -1,6 +1,10 @@
 """The one map's data API: an area's panel, the KPI strip, search. Thin views over
 :mod:`gisgrid.layers.summaries`; every figure is aggregated in SQL inside the caller's
-jurisdiction and takes the map's filters (``since``, ``until``, ``category``, ``state``)."""
+jurisdiction and takes the map's filters (``since``, ``until``, ``category``, ``state``).
+
+The figures are read on the tile engine (``db(tiles=True)``): read-only statements, each planned
+for its own box or area and never JIT-compiled (a city-wide statement looks expensive to the
+planner, which would spend a second and more compiling it)."""
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
@@ -69,7 +73,7 @@ def area_summary(code):
         401: {$ref: '#/components/responses/Unauthenticated'}
         404: {$ref: '#/components/responses/NotFound'}
     """
-    out = summaries.summary(db(), code, principal(), _args(set()))
+    out = summaries.summary(db(tiles=True), code, principal(), _args(set()))
     out.pop("id")
     return jsonify(out)
 
@@ -94,7 +98,7 @@ def kpi():
         404: {$ref: '#/components/responses/NotFound'}
     """
     filters = _args({"bbox", "area"})
-    return jsonify(summaries.kpi(db(), principal(), bbox=summaries.parse_bbox(request.args.get("bbox")),
+    return jsonify(summaries.kpi(db(tiles=True), principal(), bbox=summaries.parse_bbox(request.args.get("bbox")),
                                  code=request.args.get("area") or None, filters=filters))
 
 

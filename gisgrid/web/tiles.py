@@ -19,6 +19,7 @@ successful write through this process forgets the kept versions.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import threading
@@ -36,7 +37,9 @@ from gisgrid.web.auth import needs, principal
 bp = Blueprint("tiles", __name__, url_prefix="/tiles")
 
 MVT = "application/vnd.mapbox-vector-tile"
-GZIP_LEVEL = 4
+#: the fastest: an uncached tile is what a user waits for (level 4: 8 % fewer bytes for 0.4 ms more on
+#: a 32 KB tile)
+GZIP_LEVEL = 1
 FRESH_SECONDS = 86_400      # a tile asked for with the current ?v= may be kept this long
 VERSION_SECONDS = 1.0       # a layer's version is read at most this often per process
 
@@ -120,7 +123,12 @@ def _scope_key(p) -> str:
     return "*" if p.everywhere else ",".join(sorted(p.jurisdiction))
 
 
+_NO_FILTERS = tl.Filters()
+
+
 def _filters(lay: tl.Layer) -> tl.Filters:
+    if not request.args:        # most tiles: no query at all
+        return _NO_FILTERS
     allowed = set(lay.params) | {"v"}
     unknown = sorted(set(request.args) - allowed)
     if unknown:
@@ -132,6 +140,7 @@ def _filters(lay: tl.Layer) -> tl.Filters:
     return tl.parse_filters(request.args, known)
 
 
+@functools.lru_cache(maxsize=1024)     # a few versions, asked for by every tile
 def _short(version: str) -> str:
     return hashlib.sha1(version.encode()).hexdigest()[:16]
 
