@@ -51,13 +51,6 @@ def incr(conn: psycopg.Connection, key: str, expiry: int, amount: int = 1) -> tu
     return count, float(ends)
 
 
-def clear(conn: psycopg.Connection, key: str | None = None) -> int:
-    """Forget ``key`` (or every key); returns rows removed."""
-    if key is None:
-        return conn.execute("DELETE FROM rate_limit").rowcount
-    return conn.execute("DELETE FROM rate_limit WHERE key = %s", (key[:300],)).rowcount
-
-
 # -- a quota counted inside a write's own statement --------------------------------------------
 @functools.lru_cache(maxsize=32)
 def _parse(limit: str) -> tuple[int, int]:
