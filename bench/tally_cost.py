@@ -72,7 +72,7 @@ def main() -> None:
                     c.execute(sql, {"key": str(uuid.uuid4()), "cat": "noise", "descr": f"{PREFIX}:{i}", "addr": None,
                                     "src": "patrol", "rep": "bench", "acc": None, "crs": "EPSG:4326",
                                     "x": x + rng.uniform(-1e-4, 1e-4), "y": y + rng.uniform(-1e-4, 1e-4),
-                                    "actor": "bench", "open": list(incidents.OPEN_STATES), "m": 50.0,
+                                    "actor": "bench", "m": 50.0,
                                     "s": 72 * 3600.0}, prepare=True).fetchone()
                     mine.append(time.perf_counter() - t0)
             with lock:
