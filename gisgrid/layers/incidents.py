@@ -191,14 +191,21 @@ def set_category(session, actor: str, code: str, *, district_code: str | None, n
     return out
 
 
-def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", description="", address=None,
-           source="patrol", reporter=None, accuracy_m=None, idempotency_key=None,
-           duplicate_metres: float = DUPLICATE_METRES, duplicate_hours: float = DUPLICATE_HOURS,
-           quota=None, conn=None) -> tuple[dict, bool]:
+def report(session, actor: str, **kw) -> tuple[dict, bool]:
+    """:func:`report_body` with the answer as a dict."""
+    body, created = report_body(session, actor, **kw)
+    return json.loads(body), created
+
+
+def report_body(session, actor: str, *, category, lon, lat, crs="EPSG:4326", description="", address=None,
+                source="patrol", reporter=None, accuracy_m=None, idempotency_key=None,
+                duplicate_metres: float = DUPLICATE_METRES, duplicate_hours: float = DUPLICATE_HOURS,
+                quota=None, conn=None) -> tuple[str, bool]:
     """File a report: validate, insert once per idempotency key, link to its grid in the same
     transaction, route it (grid team, or the street/district centre when outside every grid),
-    start its first deadline and history. Returns ``(incident, created)``; a retry with the
-    same key returns the first incident and ``created=False``.
+    start its first deadline and history. Returns ``(answer, created)``, the answer as JSON
+    text: what :func:`detail` says of the incident, plus its ``possible_duplicates``; a retry
+    with the same key answers the first incident and ``created=False``.
 
     ``quota`` (a :class:`gisgrid.layers.rate_limits.Quota`): count this attempt against it in
     the same statement, write nothing past it (raises ``rate_limits.Exceeded``, 429), and fill in
@@ -210,8 +217,6 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
     unknown category), to say why, and may be a callable that makes it (a session costs
     about 0.13 ms to make and close, 4% of a report's server time).
     """
-    from sqlalchemy import text
-
     from gisgrid.errors import InvalidInput, UnknownReference
     from gisgrid.spatial.crs import canonical, lonlat_to_storage
 
@@ -233,44 +238,36 @@ def report(session, actor: str, *, category, lon, lat, crs="EPSG:4326", descript
     x, y = lonlat_to_storage(lon, lat, crs)
     crs = canonical(crs)        # gcj02, bd09 or EPSG:n, as stored in input_crs
     params = {
-        "key": idempotency_key, "cat": category, "descr": description or "", "addr": address, "src": source,
+        "key": idempotency_key, "cat": category, "catname": CATEGORIES.get(category, category) if isinstance(category, str) else None,
+        "descr": description or "", "addr": address, "src": source,
         "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": x, "y": y, "actor": actor,
         "m": duplicate_metres, "s": duplicate_hours * 3600,
         **(quota.params() if quota is not None else {}),
     }
     if conn is None:
-        row = session.execute(_report_statement(quota is not None), params).mappings().one()
+        row = session.execute(_report_statement(quota is not None), params).one()
     else:
         from psycopg import RawCursor
-        from psycopg.rows import dict_row
 
         sql, names = _report_driver_sql(quota is not None)
-        with RawCursor(conn, row_factory=dict_row) as cur:
+        with RawCursor(conn) as cur:
             row = cur.execute(sql, [params[n] for n in names]).fetchone()
     if quota is not None:
-        quota.count, quota.reset = row["quota_count"], float(row["quota_reset"])
+        quota.count, quota.reset = row[0], float(row[1])
         quota.refuse_if_exceeded("reports")
-    if row["i"] is None:       # nothing written: a retry of a report already filed, or a bad category
+    if row[-1] is None:       # nothing written: a retry of a report already filed, or a bad category
+        from sqlalchemy import text
+
         if callable(session):
             session = session()
         found = idempotency_key and session.execute(
             text("SELECT code FROM incident WHERE idempotency_key = :k"), {"k": idempotency_key}).scalar()
         if found:
-            return detail(session, found), False
+            return json.dumps(detail(session, found), ensure_ascii=False), False
         known = {c["code"] for c in categories(session)}
         raise UnknownReference(f"unknown category {category!r}; categories: {', '.join(sorted(known))}",
                                field="category")
-    # the columns detail() reads, from what the insert returned as JSON (one column each: fewer
-    # result columns for the driver to describe; a new incident has no assignee, no merge, no
-    # photos, and its first deadline is ahead; its point is the one stored)
-    both = {**row["i"], **row["l"], "events": row["events"], "team": row["team"]}
-    new = {k: both[k] for k in _NEW_COLUMNS}
-    for k in ("reported_at", "updated_at", "deadline", "closed_at"):   # JSON text → the datetimes detail() has
-        new[k] = datetime.fromisoformat(new[k]) if new[k] else None
-    new.update(lon=x, lat=y, assignee=None, assignee_name=None, merged_into=None, overdue=False, photos=[])
-    out = _detail_out(new)
-    out["possible_duplicates"] = row["possible_duplicates"] or []
-    return out, True
+    return row[-1], True
 
 
 def _duplicates_sql(point: str, at: str, exclude: str) -> str:
@@ -314,16 +311,15 @@ def _report_driver_sql(quota: bool) -> tuple[str, tuple[str, ...]]:
 def _report_sql(quota: bool) -> str:
     """One statement files a report and answers it: where it is (the linking rule), its
     category's first deadline (the district's catalogue, else the default one), the incident,
-    its link, its first event and its audit row; then what :func:`detail` would read of it
-    (:data:`_NEW_COLUMNS`), with the possible duplicates. Nothing is written (the incident's
-    columns are NULL) when the idempotency key was used before or the category is not in the
-    catalogue. (Data-modifying CTEs cannot see
+    its link, its first event and its audit row; then what :func:`detail` would read of it,
+    with the possible duplicates, as one JSON text (:func:`_new_incident_json`). Nothing is
+    written (the answer is NULL) when the idempotency key was used before or the category is not
+    in the catalogue. (Data-modifying CTEs cannot see
     each other's rows, so the link and level are computed before the insert, and the answer is
     built from what the inserts return, not read back from the tables.) With ``quota``, the
     statement first counts the attempt (``rate_limits.HIT_SQL``) and inserts only if allowed;
-    it always returns one row: the quota's count and window end, and the incident's columns
-    (NULL when nothing was written)."""
-    from gisgrid.layers import staff
+    it always returns one row: the quota's count and window end, and the answer (NULL when
+    nothing was written)."""
     from gisgrid.layers.linking import COLUMNS, LOCATE_SQL
     from gisgrid.layers.rate_limits import HIT_SQL
 
@@ -356,19 +352,47 @@ def _report_sql(quota: bool) -> str:
                      jsonb_build_object('code', ins.code, 'category', ins.category, 'lon', ST_X(ins.geom),
                                         'lat', ST_Y(ins.geom), 'crs', ins.input_crs, 'source', ins.source)
               FROM ins)
-    SELECT {"q.count AS quota_count, q.reset AS quota_reset," if quota else ""} to_json(i) AS i, to_json(l) AS l,
-           (SELECT json_agg(json_build_object('at', e.at, 'actor', e.actor, 'from_state', e.from_state,
-                                              'to_state', e.to_state, 'note', e.note)) FROM event e) AS events,
-           {staff.team_sql('l.grid_id')} AS team,
-           {_duplicates_sql('i.geom', 'i.reported_at', 'i.id')} AS possible_duplicates
+    SELECT {"q.count AS quota_count, q.reset AS quota_reset," if quota else ""}
+           CAST(CASE WHEN i.id IS NOT NULL THEN {_new_incident_json()} END AS text) AS answer
     FROM {"quota" if quota else "(SELECT)"} q LEFT JOIN (ins i CROSS JOIN loc l) ON true"""
 
 
-#: what a report's statement answers with that detail() shows as is
-_NEW_COLUMNS = ("id", "code", "category", "description", "address", "source", "reporter", "state", "level",
-                "accuracy_m", "input_crs", "reported_at", "updated_at", "deadline", "closed_at", "satisfaction",
-                "evaluation_comment", "grid_id", "grid_code", "community_code", "street_code", "district_code",
-                "events", "team")
+def _iso_sql(t: str) -> str:
+    """An SQL expression: the timestamptz ``t`` as Python's ``datetime.isoformat()`` writes it
+    (what :func:`detail` answers): microseconds only when there are some, the offset as +HH:MM."""
+    return (f"(to_char({t}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE to_char({t}, 'US') WHEN '000000' THEN '' "
+            f"ELSE '.' || to_char({t}, 'US') END || to_char({t}, 'TZH:TZM'))")
+
+
+def _new_incident_json() -> str:
+    """An SQL expression, inside :func:`_report_sql`'s last SELECT: the answer to a report, the
+    JSON :func:`detail` gives of the incident ``i`` just inserted (link ``l``, first event
+    ``event``), plus its possible duplicates. A new incident has no assignee, no merge, no
+    photos, its state is ``reported`` and its first deadline is ahead. Built by the statement so
+    the server passes the text on: no JSON parsed or written in Python on the hot path.
+    ``test_report_answer_is_the_incident_as_read_back`` holds it to :func:`detail`, field for
+    field."""
+    from gisgrid.layers import staff
+    from gisgrid.workflow import allowed_actions
+
+    plain = ("code", "category", "description", "address", "source", "reporter", "state", "level", "accuracy_m",
+             "input_crs", "satisfaction", "evaluation_comment")
+    link = ("grid_id", "grid_code", "community_code", "street_code", "district_code")
+    times = ("reported_at", "updated_at", "deadline", "closed_at")
+    allowed = ", ".join(f"'{a}'" for a in allowed_actions("reported"))
+    pairs = ([f"'{c}', i.{c}" for c in plain] + [f"'{c}', l.{c}" for c in link]
+             + [f"'{c}', {_iso_sql('i.' + c)}" for c in times]
+             + ["'lon', ST_X(i.geom)", "'lat', ST_Y(i.geom)", "'assignee', NULL", "'assignee_name', NULL",
+                "'merged_into', NULL", "'overdue', false", "'photos', json_build_array()",
+                "'category_name', CAST(:catname AS text)", f"'state_name', '{STATES['reported']}'",
+                f"'allowed', json_build_array({allowed})",
+                "'events', (SELECT json_agg(json_build_object('at', e.at, 'actor', e.actor, 'from_state', "
+                "e.from_state, 'to_state', e.to_state, 'note', e.note)) FROM event e)",
+                f"'team', {staff.team_sql('l.grid_id', labelled=True)}",
+                f"'possible_duplicates', coalesce({_duplicates_sql('i.geom', 'i.reported_at', 'i.id')}, '[]')"])
+    return "json_build_object(" + ", ".join(pairs) + ")"
+
+
 _DETAIL_COLUMNS = (
     "SELECT i.id, i.code, i.category, i.description, i.address, i.source, i.reporter, i.state, i.level, "
     "i.accuracy_m, i.input_crs, i.reported_at, i.updated_at, i.deadline, i.closed_at, i.satisfaction, "

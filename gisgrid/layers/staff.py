@@ -39,12 +39,15 @@ class GridAssignment(Base):
 ORDER = ("head", "assistant", "police", "informant")
 
 
-def team_sql(grid_id: str) -> str:
+def team_sql(grid_id: str, *, labelled: bool = False) -> str:
     """An SQL expression: the current team of the grid whose id is the SQL expression
     ``grid_id``, as a JSON array of ``{name, phone, role}``, head first (for use inside a
-    larger query; :func:`labelled` adds the role labels)."""
+    larger query; :func:`labelled` adds the role labels, or ``labelled=True`` has the
+    statement add them as ``role_label``)."""
     order = ", ".join(f"'{r}'" for r in ORDER)
-    return ("(SELECT coalesce(json_agg(json_build_object('name', s.name, 'phone', s.phone, 'role', a.role) "
+    label = (", 'role_label', CASE CAST(a.role AS text) "
+             + " ".join(f"WHEN '{r}' THEN '{name}'" for r, name in ROLES.items()) + " END") if labelled else ""
+    return (f"(SELECT coalesce(json_agg(json_build_object('name', s.name, 'phone', s.phone, 'role', a.role{label}) "
             f"ORDER BY array_position(ARRAY[{order}], CAST(a.role AS text)), s.name), '[]') "
             # each member by primary key (OFFSET 0 keeps the planner from hashing the whole
             # staff table for a team of a few)
