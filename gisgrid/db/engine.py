@@ -88,13 +88,15 @@ class ThreadConnections:
     statement (a field report, a rate-limit hit): a pool checkout, an ORM session and their
     reset on return cost more CPU than such a statement. Made on first use, pinged when it sat
     idle longer than ``PING_AFTER_IDLE_S`` (as the engine's pool does), replaced after an error;
-    all closed when ``engine`` is disposed."""
+    all closed when ``engine`` is disposed. ``server_settings``: PostgreSQL settings of every
+    connection (``-c name=value``), as :func:`make_engine` takes them."""
 
-    def __init__(self, engine: Engine, *, application_name: str, statement_timeout_ms: int | None = None):
+    def __init__(self, engine: Engine, *, application_name: str, statement_timeout_ms: int | None = None,
+                 server_settings: dict | None = None):
         import threading
 
         self._url = libpq_url(engine)
-        self._args = {**_connect_args(statement_timeout_ms), "application_name": application_name}
+        self._args = {**_connect_args(statement_timeout_ms, server_settings), "application_name": application_name}
         self._local = threading.local()
         self._all: list = []
         self._lock = threading.Lock()

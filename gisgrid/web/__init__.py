@@ -34,8 +34,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     # for their own box every time (prepared once per connection, so parsed once, but never a
     # generic plan: force_custom_plan), and never JIT-compiled (seconds of LLVM for a statement
     # that runs once); disposed with the main engine
-    tile_engine = make_engine(database_url(settings), statement_timeout_ms=30_000,
-                              server_settings={"jit": "off", "plan_cache_mode": "force_custom_plan"},
+    tile_engine = make_engine(database_url(settings), statement_timeout_ms=30_000, server_settings=TILE_SETTINGS,
                               isolation_level="AUTOCOMMIT")
     event.listen(engine, "engine_disposed", lambda _engine: tile_engine.dispose())
     app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine),
@@ -47,7 +46,11 @@ def create_app(overrides: dict | None = None) -> Flask:
                                                                          ttl=settings.auth_cache_seconds),
                                  # one-statement hot paths (reports, rate-limit hits): a connection per thread
                                  "thread_connections": ThreadConnections(engine, application_name="gisgrid",
-                                                                         statement_timeout_ms=30_000)}
+                                                                         statement_timeout_ms=30_000),
+                                 # tiles and their versions: a connection per thread, set as the tile engine's
+                                 "tile_connections": ThreadConnections(engine, application_name="gisgrid tiles",
+                                                                       statement_timeout_ms=30_000,
+                                                                       server_settings=TILE_SETTINGS)}
     assets.localise_folium()
     errors.register(app)
     app.before_request(transfer.upload_limit)       # before any hook reads the form (NUL check, CSRF)
@@ -76,6 +79,11 @@ def create_app(overrides: dict | None = None) -> Flask:
                     app.logger.warning("closing the request's session failed: %s", e.__class__.__name__)
 
     return app
+
+
+#: connections that draw tiles (and the one map's figures): plan every statement for its own box,
+#: prepared or not, and never JIT-compile one
+TILE_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
 
 
 def _secret_key_file(home) -> str:

@@ -10,12 +10,13 @@ until the data change. A request carrying ``v=<version>`` equal to the current v
 kept by the browser (``max-age``): the page asks with the version it polled, and a change of
 data gives a new URL. Tiles are kept gzipped in an in-process LRU keyed by the same version.
 
-The versions themselves are kept in-process for :data:`VERSION_SECONDS` (:class:`Versions`), so
-a cached tile or a 304 costs no query: a tile may then lag a write made through another process
-by up to that long (the bytes always match the version in their ETag: a drawn tile reads its
-version in its own statement). A request whose ``v=`` differs from the kept version reads it
-again (the page polls ``/tiles/index.json``, uncached, and asks with what it got), and a
-successful write through this process forgets the kept versions.
+Every tile request reads its layer's version or draws the tile (the version read in the same
+statement) on this thread's own tile connection (``tile_connections``,
+:class:`gisgrid.db.engine.ThreadConnections`: autocommitted, custom plans, no JIT), as prepared
+statements, without an ORM session: a cached tile or a 304 costs that one round trip, a drawn
+tile one statement (two when the cache is on and missed). The version is read on every request,
+so a tile is never older than the last write committed before it was asked for, whichever
+process made it.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import functools
 import gzip
 import hashlib
 import threading
-import time
 from collections import OrderedDict
 
 from flask import Blueprint, Response, jsonify, request, url_for
@@ -41,7 +41,6 @@ MVT = "application/vnd.mapbox-vector-tile"
 #: a 32 KB tile)
 GZIP_LEVEL = 1
 FRESH_SECONDS = 86_400      # a tile asked for with the current ?v= may be kept this long
-VERSION_SECONDS = 1.0       # a layer's version is read at most this often per process
 
 
 class TileCache:
@@ -73,50 +72,22 @@ class TileCache:
                 self.size -= len(old)
 
 
-class Versions:
-    """Layer versions read at most once per ``ttl`` seconds (per process, thread-safe)."""
-
-    def __init__(self, ttl: float = VERSION_SECONDS):
-        self.ttl = ttl
-        self._kept: dict[str, tuple[str, float]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str, asked: str | None = None) -> str:
-        """The version of layer ``name``; read again when older than ``ttl`` or when the
-        request asks for another short version (``asked``, its ``v=``)."""
-        kept = self._kept.get(name)
-        if kept and time.monotonic() - kept[1] < self.ttl and (asked is None or asked == _short(kept[0])):
-            return kept[0]
-        return self.saw(name, tl.version(db(tiles=True), name))
-
-    def saw(self, name: str, version: str) -> str:
-        with self._lock:
-            self._kept[name] = (version, time.monotonic())
-        return version
-
-    def forget(self) -> None:
-        with self._lock:
-            self._kept.clear()
-
-
 def _cache() -> TileCache:
     from flask import current_app
 
     return current_app.extensions["gisgrid"]["tile_cache"]
 
 
-def _versions() -> Versions:
+def _connections():
     from flask import current_app
 
-    return current_app.extensions["gisgrid"].setdefault("tile_versions", Versions())
+    return current_app.extensions["gisgrid"]["tile_connections"]
 
 
-@bp.after_app_request
-def _forget_versions(resp):
-    """A write through this process (any successful unsafe request) may change a layer."""
-    if request.method not in ("GET", "HEAD", "OPTIONS") and resp.status_code < 400:
-        _versions().forget()
-    return resp
+def _version(name: str) -> str:
+    """The layer's current version: one prepared statement on this thread's tile connection (a
+    read: tried again once on a new connection if the database went away in between)."""
+    return _connections().run(lambda conn: tl.version_on(conn, name), retry=True)
 
 
 def _scope_key(p) -> str:
@@ -162,13 +133,14 @@ def tile(name, z, x, y):
     packed = None
     # the version first, when it can spare the drawing: a revalidation or a cache lookup
     if request.if_none_match or cache.max_bytes:
-        version = _versions().get(name, request.args.get("v"))
+        version = _version(name)
         etag = _etag(name, version, filters, scope, t)
         if etag in request.if_none_match:
             return _headers(Response(status=304), etag, version)
         packed = cache.get((name, t, filters.key(), scope, version))
     if packed is None:
-        data, version = tl.render(db(tiles=True), name, t, p, filters, tuned=True)   # bytes and version, one snapshot
+        data, version = _connections().run(lambda conn: tl.draw(conn, name, t, p, filters),  # bytes and version,
+                                           retry=True)                                       # one snapshot
         packed = gzip.compress(data, GZIP_LEVEL, mtime=0)
         cache.put((name, t, filters.key(), scope, version), packed)
         etag = _etag(name, version, filters, scope, t)
@@ -200,7 +172,7 @@ def tilejson(name):
     s, p = db(), principal()
     url = url_for("tiles.tile", name=name, z=0, x=0, y=0, _external=True).replace("/0/0/0.pbf", "/{z}/{x}/{y}.pbf")
     ext = tl.extent(s, p)
-    resp = jsonify(tl.tilejson(name, url, _short(tl.version(s, name)), ext[0] if ext else None,
+    resp = jsonify(tl.tilejson(name, url, _short(_version(name)), ext[0] if ext else None,
                                ext[1] if ext else None, i18n.t(f"layer_{name}")))
     resp.headers["Cache-Control"] = "private, no-cache"
     return resp
@@ -210,9 +182,8 @@ def tilejson(name):
 @needs("read")
 def index():
     """Every layer's TileJSON URL and data version: what the one map polls for live updates."""
-    s, kept = db(), _versions()
-    out = {name: {"tilejson": url_for("tiles.tilejson", name=name),
-                  "data_version": _short(kept.saw(name, tl.version(s, name)))} for name in tl.LAYERS}
+    out = {name: {"tilejson": url_for("tiles.tilejson", name=name), "data_version": _short(_version(name))}
+           for name in tl.LAYERS}
     resp = jsonify(out)
     resp.headers["Cache-Control"] = "no-store"
     return resp
