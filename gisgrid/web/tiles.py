@@ -21,12 +21,12 @@ process made it.
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import threading
 from collections import OrderedDict
 
 from flask import Blueprint, Response, jsonify, request, url_for
+from isal import igzip
 
 from gisgrid.errors import InvalidInput
 from gisgrid.layers import incidents
@@ -37,9 +37,10 @@ from gisgrid.web.auth import needs, principal
 bp = Blueprint("tiles", __name__, url_prefix="/tiles")
 
 MVT = "application/vnd.mapbox-vector-tile"
-#: the fastest: an uncached tile is what a user waits for (level 4: 8 % fewer bytes for 0.4 ms more on
-#: a 32 KB tile)
-GZIP_LEVEL = 1
+#: gzip by ISA-L (``isal.igzip``, the same gzip format as zlib makes, 4-5× faster on tiles): an uncached
+#: tile is what a user waits for. Level 2 of ISA-L's 0-3 makes about the bytes of zlib's level 1 (±2 %)
+#: in the time of its level 1 (0.7 ms for a 170 KB tile; zlib level 1: 3.3 ms)
+GZIP_LEVEL = 2
 FRESH_SECONDS = 86_400      # a tile asked for with the current ?v= may be kept this long
 
 
@@ -141,14 +142,14 @@ def tile(name, z, x, y):
     if packed is None:
         data, version = _connections().run(lambda conn: tl.draw(conn, name, t, p, filters),  # bytes and version,
                                            retry=True)                                       # one snapshot
-        packed = gzip.compress(data, GZIP_LEVEL, mtime=0)
+        packed = igzip.compress(data, GZIP_LEVEL, mtime=0)
         cache.put((name, t, filters.key(), scope, version), packed)
         etag = _etag(name, version, filters, scope, t)
     if "gzip" in request.accept_encodings:
         resp = Response(packed, mimetype=MVT)
         resp.headers["Content-Encoding"] = "gzip"
     else:
-        resp = Response(gzip.decompress(packed), mimetype=MVT)
+        resp = Response(igzip.decompress(packed), mimetype=MVT)
     return _headers(resp, etag, version)
 
 
