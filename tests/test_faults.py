@@ -108,3 +108,37 @@ def test_thread_connections_replace_a_connection_that_died_while_idle(db_url):
     finally:
         eng.dispose()
     assert second.closed and other[0].closed
+
+
+def test_thread_connections_do_not_retry_a_statement_that_timed_out(db_url):
+    """A statement cancelled by its timeout (``QueryCanceled``, an ``OperationalError``) on a
+    connection that is still up is raised once, not run again, and the connection is kept; a
+    connection that broke is replaced and, with ``retry``, the work runs again on the new one."""
+    import psycopg
+
+    from gisgrid.db import engine as db_engine
+
+    eng = make_engine(db_url)
+    conns = db_engine.ThreadConnections(eng, application_name="gisgrid test", statement_timeout_ms=200)
+    runs = []
+
+    def slow(conn):
+        runs.append(conn)
+        return conn.execute("SELECT pg_sleep(2)").fetchone()
+    try:
+        first = conns.get()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conns.run(slow, retry=True)
+        assert runs == [first] and not first.closed and conns.get() is first
+        assert first.execute("SELECT 1").fetchone() == (1,)
+
+        def dies_once(conn):
+            runs.append(conn)
+            if len(runs) == 2:
+                with psycopg.connect(db_engine.libpq_url(eng), autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+            return conn.execute("SELECT 1").fetchone()
+        assert conns.run(dies_once, retry=True) == (1,)
+        assert runs[1] is first and first.closed and runs[2] is not first and conns.get() is runs[2]
+    finally:
+        eng.dispose()

@@ -121,9 +121,12 @@ class ThreadConnections:
         return conn
 
     def run(self, work, *, retry: bool = False):
-        """``work(connection)`` on this thread's connection. A connection that fails
-        (``psycopg.OperationalError``: the database went away) is closed; with ``retry`` the
-        work is tried once more on a new one (only for work that may safely run twice)."""
+        """``work(connection)`` on this thread's connection. A connection that broke under it
+        (``psycopg.OperationalError`` and the connection lost: the database went away) is
+        closed; with ``retry`` the work is tried once more on a new one (only for work that may
+        safely run twice). An operational error on a connection still up (a statement timeout,
+        a cancel: ``QueryCanceled`` is one) is raised at once and the connection kept: running
+        the statement again would only time out again."""
         import psycopg
 
         for attempt in (1, 2):
@@ -131,6 +134,8 @@ class ThreadConnections:
             try:
                 return work(conn)
             except psycopg.OperationalError:
+                if not (conn.broken or conn.closed):
+                    raise
                 conn.close()
                 if attempt == 2 or not retry:
                     raise
