@@ -26,6 +26,23 @@ def test_tile_validity(tile, valid):
     assert tile.is_valid() is valid
 
 
+def test_tile_cache_keeps_one_drawing_a_tile_newest_in_place_least_recent_out():
+    from gisgrid.web.tiles import TileCache
+
+    c = TileCache(10)
+    assert c.get("a") is None
+    c.put("a", "v1", b"1234")
+    c.put("a", "v2", b"123")                  # a newer drawing replaces the old one
+    assert c.get("a") == ("v2", b"123") and c.size == 3
+    c.put("b", "v1", b"1234")
+    c.get("a")                                # b is now the least recently used
+    c.put("c", "v1", b"1234")
+    assert c.get("b") is None and c.get("a") == ("v2", b"123") and c.get("c") == ("v1", b"1234")
+    assert c.size == 7
+    c.put("d", "v1", b"x" * 11)               # larger than the whole cache: not kept
+    assert c.get("d") is None and c.size == 7
+
+
 def test_tile_bounds_and_lookup():
     assert Tile(0, 0, 0).bounds() == pytest.approx((-HALF, -HALF, HALF, HALF))
     assert Tile(1, 1, 0).bounds() == pytest.approx((0, 0, HALF, HALF))

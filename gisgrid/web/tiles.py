@@ -8,13 +8,13 @@ Caching: the ETag is derived from the layer's data version (:mod:`gisgrid.layers
 filters and the jurisdiction, so a browser revalidates with ``If-None-Match`` and gets a 304
 until the data change. A request carrying ``v=<version>`` equal to the current version may be
 kept by the browser (``max-age``): the page asks with the version it polled, and a change of
-data gives a new URL. Tiles are kept gzipped in an in-process LRU keyed by the same version.
+data gives a new URL. Tiles are kept gzipped in an in-process LRU, each with the version it was drawn at.
 
 Every tile request reads its layer's version or draws the tile (the version read in the same
 statement) on this thread's own tile connection (``tile_connections``,
 :class:`gisgrid.db.engine.ThreadConnections`: autocommitted, custom plans, no JIT), as prepared
 statements, without an ORM session: a cached tile or a 304 costs that one round trip, a drawn
-tile one statement (two when the cache is on and missed). The version is read on every request,
+tile one statement (two when a drawing of it is kept but at an older version). The version is read on every request,
 so a tile is never older than the last write committed before it was asked for, whichever
 process made it.
 """
@@ -45,32 +45,37 @@ FRESH_SECONDS = 86_400      # a tile asked for with the current ?v= may be kept 
 
 
 class TileCache:
-    """Gzipped tiles by (layer, z, x, y, filters, jurisdiction, version), least recently used
-    out first once over ``max_bytes``. Thread-safe (waitress serves with threads)."""
+    """Gzipped tiles by (layer, z, x, y, filters, jurisdiction), each with the version it was
+    drawn at: one entry a tile, its newest drawing (an older version is never asked for again).
+    Least recently used out first once over ``max_bytes``. Thread-safe (gunicorn serves with
+    threads)."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.size = max_bytes, 0
-        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+        self._items: OrderedDict[tuple, tuple[str, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key):
+    def get(self, key) -> tuple[str, bytes] | None:
+        """``(version, gzipped tile)`` of ``key``, or None when it was never kept (or dropped)."""
         with self._lock:
-            data = self._items.get(key)
-            if data is not None:
+            item = self._items.get(key)
+            if item is not None:
                 self._items.move_to_end(key)
-            return data
+            return item
 
-    def put(self, key, data: bytes) -> None:
+    def put(self, key, version: str, data: bytes) -> None:
+        """Keep ``data`` as ``key``'s drawing at ``version``, in place of any earlier one."""
         if len(data) > self.max_bytes:
             return
         with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = data
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.size -= len(old[1])
+            self._items[key] = (version, data)
             self.size += len(data)
             while self.size > self.max_bytes and self._items:
-                _, old = self._items.popitem(last=False)
-                self.size -= len(old)
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.size -= len(dropped)
 
 
 def _cache() -> TileCache:
@@ -131,19 +136,24 @@ def tile(name, z, x, y):
     p = principal()
     scope = _scope_key(p)
     cache = _cache()
+    key = (name, t, filters.key(), scope)
+    kept = cache.get(key) if cache.max_bytes else None
     packed = None
-    # the version first, when it can spare the drawing: a revalidation or a cache lookup
-    if request.if_none_match or cache.max_bytes:
+    # the version first when it can spare the drawing: a revalidation, or a tile kept at some
+    # version (one never drawn here is drawn at once: its statement reads the version too)
+    if request.if_none_match or kept is not None:
         version = _version(name)
         etag = _etag(name, version, filters, scope, t)
         if etag in request.if_none_match:
             return _headers(Response(status=304), etag, version)
-        packed = cache.get((name, t, filters.key(), scope, version))
+        if kept is not None and kept[0] == version:
+            packed = kept[1]
     if packed is None:
         data, version = _connections().run(lambda conn: tl.draw(conn, name, t, p, filters),  # bytes and version,
                                            retry=True)                                       # one snapshot
         packed = igzip.compress(data, GZIP_LEVEL, mtime=0)
-        cache.put((name, t, filters.key(), scope, version), packed)
+        if cache.max_bytes:
+            cache.put(key, version, packed)
         etag = _etag(name, version, filters, scope, t)
     if "gzip" in request.accept_encodings:
         resp = Response(packed, mimetype=MVT)
