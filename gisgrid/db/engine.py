@@ -85,7 +85,7 @@ def _connect_args(statement_timeout_ms: int | None = None, server_settings: dict
 
 class ThreadConnections:
     """One autocommitted psycopg connection per thread, for hot paths whose whole work is one
-    statement (a field report, a rate-limit hit): a pool checkout, an ORM session and their
+    statement (a field report, a rate-limit hit, a vector tile or its version): a pool checkout, an ORM session and their
     reset on return cost more CPU than such a statement. Made on first use, pinged when it sat
     idle longer than ``PING_AFTER_IDLE_S`` (as the engine's pool does), replaced after an error;
     all closed when ``engine`` is disposed. ``server_settings``: PostgreSQL settings of every
