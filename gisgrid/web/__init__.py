@@ -11,7 +11,7 @@ from gisgrid import config
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
-    from gisgrid.db.engine import ThreadConnections, database_url, libpq_url, make_engine, make_sessionmaker
+    from gisgrid.db.engine import PooledConnections, ThreadConnections, database_url, libpq_url, make_engine, make_sessionmaker
     from gisgrid.web import (api, assets, auth, errors, incidents, onemap, open311, pages, patrol, plans,
                              principals, security, tiles, transfer)
 
@@ -35,7 +35,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     # generic plan: force_custom_plan), and never JIT-compiled (seconds of LLVM for a statement
     # that runs once); disposed with the main engine
     tile_engine = make_engine(database_url(settings), statement_timeout_ms=30_000, server_settings=TILE_SETTINGS,
-                              isolation_level="AUTOCOMMIT")
+                              isolation_level="AUTOCOMMIT", pool_use_lifo=True)
     event.listen(engine, "engine_disposed", lambda _engine: tile_engine.dispose())
     app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine),
                                  "autocommit_sessions": make_sessionmaker(
@@ -47,10 +47,8 @@ def create_app(overrides: dict | None = None) -> Flask:
                                  # one-statement hot paths (reports, rate-limit hits): a connection per thread
                                  "thread_connections": ThreadConnections(engine, application_name="gisgrid",
                                                                          statement_timeout_ms=30_000),
-                                 # tiles and their versions: a connection per thread, set as the tile engine's
-                                 "tile_connections": ThreadConnections(engine, application_name="gisgrid tiles",
-                                                                       statement_timeout_ms=30_000,
-                                                                       server_settings=TILE_SETTINGS)}
+                                 # tiles and their versions: the tile engine's psycopg connections, last used first
+                                 "tile_connections": PooledConnections(tile_engine)}
     assets.localise_folium()
     errors.register(app)
     app.before_request(transfer.upload_limit)       # before any hook reads the form (NUL check, CSRF)

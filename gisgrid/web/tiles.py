@@ -11,12 +11,13 @@ kept by the browser (``max-age``): the page asks with the version it polled, and
 data gives a new URL. Tiles are kept gzipped in an in-process LRU, each with the version it was drawn at.
 
 Every tile request reads its layer's version or draws the tile (the version read in the same
-statement) on this thread's own tile connection (``tile_connections``,
-:class:`gisgrid.db.engine.ThreadConnections`: autocommitted, custom plans, no JIT), as prepared
-statements, without an ORM session: a cached tile or a 304 costs that one round trip, a drawn
-tile one statement (two when a drawing of it is kept but at an older version). The version is read on every request,
-so a tile is never older than the last write committed before it was asked for, whichever
-process made it.
+statement) on a connection of the tile engine (``tile_connections``,
+:class:`gisgrid.db.engine.PooledConnections`: autocommitted, custom plans, no JIT, the one used
+last handed out first so its prepared statements are found again), as prepared statements,
+without an ORM session: a cached tile or a 304 costs that one round trip, a drawn tile one
+statement (two when a drawing of it is kept but at an older version). The version is read on
+every request, so a tile is never older than the last write committed before it was asked for,
+whichever process made it.
 """
 from __future__ import annotations
 
@@ -91,8 +92,8 @@ def _connections():
 
 
 def _version(name: str) -> str:
-    """The layer's current version: one prepared statement on this thread's tile connection (a
-    read: tried again once on a new connection if the database went away in between)."""
+    """The layer's current version: one prepared statement on a tile connection (a read: tried
+    again once on a new connection if the database went away in between)."""
     return _connections().run(lambda conn: tl.version_on(conn, name), retry=True)
 
 
