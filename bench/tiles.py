@@ -3,11 +3,14 @@ tile, throughput at 16 clients.
 
     GISGRID_HOME=/tmp/gg-bench GISGRID_PG_FAST=1 .venv/bin/python bench/tiles.py [--scale city|demo]
         [--repeat 7] [--clients 16] [--seconds 20] [--layers incidents,grids] [--zooms 12,14]
+        [--client http.client|requests]
 
 Loads the dataset if missing (bench/link.py's loader), starts two ``gisgrid serve`` (gunicorn,
 gthread) on loopback ports, one with the tile cache off (``GISGRID_TILE_CACHE_MB=0``: every
 request draws the tile) and one with it on, and asks them with an admin API token (the whole city
-in scope). First the HTTP floor: ``GET /api/me`` (authenticated, no query, a few bytes) through
+in scope), through one keep-alive connection per server (``http.client``; ``--client requests``
+for the earlier runs' client, which costs 1–5 ms a request by itself here). First the HTTP
+floor: ``GET /api/me`` (authenticated, no query, a few bytes) through
 the cached server with the same client, what any tile costs before its own work. Then for every
 layer at zooms 10, 12, 14 and 16 (``--layers``/``--zooms`` for a quicker subset; the zoom-12
 incident tile is always measured), at the tile holding the centre of the city:
@@ -105,6 +108,68 @@ def bench_token(Session) -> str:
     return plain
 
 
+class Reply:
+    def __init__(self, status_code: int, headers, content: bytes):
+        self.status_code, self.headers, self.content = status_code, headers, content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
+class KeepAlive:
+    """A keep-alive HTTP/1.1 client on the standard library's ``http.client``: one connection
+    per server, reused, a gzipped body undone as ``requests`` does. What a browser's native HTTP
+    stack costs is closer to this than to ``requests``, whose Python layers cost 1–5 ms a
+    request on this shared 2-core machine (measured beside each other: ``--client requests``
+    keeps the earlier figures reproducible, and the HTTP floor is printed for both)."""
+
+    def __init__(self, headers: dict):
+        self.headers = dict(headers)
+        self._conns: dict = {}
+
+    def get(self, url: str, headers: dict | None = None, timeout: float = 60) -> Reply:
+        import http.client
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        path = u.path + (f"?{u.query}" if u.query else "")
+        for attempt in (1, 2):
+            conn = self._conns.get(u.netloc)
+            if conn is None:
+                conn = self._conns[u.netloc] = http.client.HTTPConnection(u.netloc, timeout=timeout)
+            try:
+                conn.request("GET", path, headers={**self.headers, **(headers or {})})
+                resp = conn.getresponse()
+                body = resp.read()
+                break
+            except (http.client.HTTPException, ConnectionError):     # the server closed an idle connection
+                conn.close()
+                del self._conns[u.netloc]
+                if attempt == 2:
+                    raise
+        if resp.getheader("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        return Reply(resp.status, resp.headers, body)
+
+
+class RequestsClient:
+    """The same interface over ``requests.Session`` (the client of the earlier runs)."""
+
+    def __init__(self, headers: dict):
+        import requests
+
+        self._s = requests.Session()
+        self._s.headers.update(headers)
+
+    def get(self, url: str, headers: dict | None = None, timeout: float = 60) -> Reply:
+        r = self._s.get(url, headers=headers or {}, timeout=timeout)
+        return Reply(r.status_code, r.headers, r.content)
+
+
+CLIENTS = {"http.client": KeepAlive, "requests": RequestsClient}
+
+
 def timed_get(session, url, headers=None):
     t0 = time.perf_counter()
     r = session.get(url, headers=headers or {})
@@ -123,13 +188,14 @@ def main() -> None:
     ap.add_argument("--layers", default="", help="comma-separated layers (default: every layer; a quicker subset "
                                                  "while iterating; the goals are then over that subset)")
     ap.add_argument("--zooms", default=",".join(map(str, ZOOMS)), help="comma-separated zooms (default %(default)s)")
+    ap.add_argument("--client", default="http.client", choices=sorted(CLIENTS),
+                    help="HTTP client of every timed request (default %(default)s; requests: the earlier runs')")
     args = ap.parse_args()
     zooms = tuple(int(z) for z in args.zooms.split(","))
 
     engine, Session, dsn = link.connect(args.scale)
     link.ensure_dataset(engine, Session, args.scale, force=False)
     import psycopg
-    import requests
     from sqlalchemy import text
 
     from gisgrid import authz
@@ -150,8 +216,7 @@ def main() -> None:
     uncached_proc, uncached = start_server(0, home / "serve-tiles-uncached.log")
     cached_proc, cached = start_server(256, home / "serve-tiles-cached.log")
     auth = {"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"}
-    http = requests.Session()
-    http.headers.update(auth)
+    http = CLIENTS[args.client](auth)
     rows = []
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -162,7 +227,10 @@ def main() -> None:
                 f"{'304':>7} {'raw KB':>8} {'gzip KB':>8} {'features':>9}")
             http_floor = measure_http_floor(http, cached, args.repeat)
             log(f"{'HTTP floor':<17} {http_floor * 1e3:>8.2f}ms  (GET /api/me: authenticated, no query, same server "
-                "and client as the cached tiles)")
+                f"and client ({args.client}) as the tiles)")
+            for other in sorted(set(CLIENTS) - {args.client}):
+                log(f"{'  with ' + other:<17} {measure_http_floor(CLIENTS[other](auth), cached, args.repeat) * 1e3:>8.2f}ms"
+                    "  (the same request through the other client, for comparison only)")
             pairs = [(name, z) for name in (args.layers.split(",") if args.layers else tiles.LAYERS) for z in zooms]
             if ("incidents", 12) not in pairs:       # the one beside the naive tile
                 pairs.append(("incidents", 12))
@@ -180,7 +248,7 @@ def main() -> None:
                     floor.append(time.perf_counter() - t0)
                     dt, r = timed_get(http, uncached + url)
                     served.append(dt)
-                body = r.content          # requests undoes the gzip; Content-Length is what was sent
+                body = r.content          # the gzip undone; Content-Length is what was sent
                 if len(body) != len(raw):
                     log(f"  !! {name} z{z}: served {len(body)} bytes, floor {len(raw)} bytes")
                 timed_get(http, cached + url)
@@ -212,7 +280,7 @@ def main() -> None:
             f"{ours['served'] * 1e3:.1f} ms served uncached, {ours['cached'] * 1e3:.2f} ms cached")
         log(f"  smaller ×{naive['raw'] / max(ours['raw'], 1):.0f} (raw), faster ×{naive['time'] / ours['served']:.1f} "
             f"(uncached) / ×{naive['time'] / ours['cached']:.0f} (cached)")
-        tput = {label: throughput(base, auth, cx, cy, args.clients, args.seconds)
+        tput = {label: throughput(base, auth, cx, cy, args.clients, args.seconds, CLIENTS[args.client])
                 for label, base in (("uncached", uncached), ("cached", cached))} if args.seconds > 0 else {}
     finally:
         for proc in (uncached_proc, cached_proc):
@@ -237,9 +305,7 @@ def measure_http_floor(http, base, repeat) -> float:
     return p50([timed_get(http, base + "/api/me")[0] for _ in range(max(repeat, 20) * 2)])
 
 
-def throughput(base, headers, cx, cy, clients, seconds) -> dict:
-    import requests
-
+def throughput(base, headers, cx, cy, clients, seconds, make_client) -> dict:
     from gisgrid.layers import tiles
 
     urls = []
@@ -253,14 +319,13 @@ def throughput(base, headers, cx, cy, clients, seconds) -> dict:
 
     def client(i):
         rng = random.Random(i)
-        s = requests.Session()
-        s.headers.update(headers)
+        s = make_client(headers)
         mine = []
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
             try:
                 ok = s.get(rng.choice(urls), timeout=60).status_code == 200
-            except requests.RequestException:
+            except Exception:  # noqa: BLE001 - any failure of a request counts as an error
                 ok = False
             mine.append(time.perf_counter() - t0)
             with lock:

@@ -26,6 +26,23 @@ def test_tile_validity(tile, valid):
     assert tile.is_valid() is valid
 
 
+def test_tile_cache_keeps_one_drawing_a_tile_newest_in_place_least_recent_out():
+    from gisgrid.web.tiles import TileCache
+
+    c = TileCache(10)
+    assert c.get("a") is None
+    c.put("a", "v1", b"1234")
+    c.put("a", "v2", b"123")                  # a newer drawing replaces the old one
+    assert c.get("a") == ("v2", b"123") and c.size == 3
+    c.put("b", "v1", b"1234")
+    c.get("a")                                # b is now the least recently used
+    c.put("c", "v1", b"1234")
+    assert c.get("b") is None and c.get("a") == ("v2", b"123") and c.get("c") == ("v1", b"1234")
+    assert c.size == 7
+    c.put("d", "v1", b"x" * 11)               # larger than the whole cache: not kept
+    assert c.get("d") is None and c.size == 7
+
+
 def test_tile_bounds_and_lookup():
     assert Tile(0, 0, 0).bounds() == pytest.approx((-HALF, -HALF, HALF, HALF))
     assert Tile(1, 1, 0).bounds() == pytest.approx((0, 0, HALF, HALF))
@@ -224,6 +241,37 @@ def test_etag_304_gzip_and_a_new_incident_changes_the_version(client, app, place
     assert index["incidents"]["data_version"] == again.headers["X-Data-Version"]
 
 
+def test_a_write_made_elsewhere_shows_in_the_next_tile_through_the_cache(client, app, place):
+    """The cache and the 304s never outlive a committed write, whoever made it: here a plain
+    session of its own, as another worker process or the CLI writes (no request of this app
+    that could tell the tile view). The version is read on every tile request."""
+    steady_clock(app)
+    t = Tile.at(16, place["lon"], place["lat"])
+    url = f"/tiles/incidents/{t.z}/{t.x}/{t.y}.pbf"
+    first = client.get(url)
+    etag = first.headers["ETag"]
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    drawn = {f["properties"]["code"]: f["properties"]["category"] for f in decode(first)["incidents"]["features"]}
+    assert decode(client.get(url))["incidents"]["features"] == decode(first)["incidents"]["features"]   # cached
+    code, old = sorted(drawn.items())[0]
+    new = "tiles-test-elsewhere"
+    Session = app.extensions["gisgrid"]["sessions"]
+    with Session.begin() as s:
+        s.execute(text("UPDATE incident SET category = :c WHERE code = :code"), {"c": new, "code": code})
+    try:
+        again = client.get(url, headers={"If-None-Match": etag})       # at once: no time to live to wait out
+        assert again.status_code == 200 and again.headers["ETag"] != etag
+        now = {f["properties"]["code"]: f["properties"]["category"] for f in decode(again)["incidents"]["features"]}
+        assert now == {**drawn, code: new}
+        assert decode(client.get(url))["incidents"]["features"] == decode(again)["incidents"]["features"]
+    finally:
+        with Session.begin() as s:
+            s.execute(text("UPDATE incident SET category = :c WHERE code = :code"), {"c": old, "code": code})
+    back = client.get(url, headers={"If-None-Match": again.headers["ETag"]})
+    assert back.status_code == 200 and {f["properties"]["code"]: f["properties"]["category"]
+                                        for f in decode(back)["incidents"]["features"]} == drawn
+
+
 def test_tilejson(client, place):
     doc = client.get("/tiles/grids.json").json
     assert doc["tilejson"] == "3.0.0" and doc["tiles"][0].endswith("/tiles/grids/{z}/{x}/{y}.pbf")
@@ -272,5 +320,10 @@ def test_layer_version_follows_committed_writes_only(app):
         s.execute(text("UPDATE patrol_route SET team = team"))
         s.commit()
     with Session() as s:
-        assert tiles.version(s, "patrol_routes") != before
+        after = tiles.version(s, "patrol_routes")
+        assert after != before
         assert tiles.version(s, "places") == places          # other layers' versions do not move
+    # the same on the web app's tile connection (a prepared statement, no session)
+    conns = app.extensions["gisgrid"]["tile_connections"]
+    assert conns.run(lambda conn: tiles.version_on(conn, "patrol_routes")) == after
+    assert conns.run(lambda conn: tiles.version_on(conn, "places")) == places

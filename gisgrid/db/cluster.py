@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import glob
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -170,9 +171,17 @@ class Cluster:
     def _upgrade_conf(self) -> None:
         """Add settings introduced after a cluster was made (read at its next start)."""
         auto = self.pgdata / "postgresql.auto.conf"
-        if "wal_level" not in auto.read_text():
+        text = auto.read_text()
+        add = [] if "wal_level" in text else list(WAL_CONF)
+        # a home copied or moved elsewhere (cp -a) still names the old home's socket folder: the
+        # cluster would then listen there (clashing with the original's) and never here
+        sockets = re.findall(r"^\s*unix_socket_directories\s*=\s*'([^']*)'", text, re.M)
+        if sockets and sockets[-1] != str(self.rundir):
+            add.append(f"unix_socket_directories = '{self.rundir}'")      # the last setting wins
+            self._owned_dir(self.rundir, 0o700)
+        if add:
             with open(auto, "a") as fh:
-                fh.write("\n".join(WAL_CONF) + "\n")
+                fh.write("\n".join(add) + "\n")
 
     def _start(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

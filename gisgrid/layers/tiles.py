@@ -543,34 +543,54 @@ def _select(name, tile, principal, filters) -> tuple[str, dict]:
 
 
 def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
-           filters: Filters = Filters(), tuned: bool = False) -> tuple[bytes, str]:
+           filters: Filters = Filters()) -> tuple[bytes, str]:
     """Draw one tile. Returns ``(mvt_bytes, version)``: the version of the layer's tables read in
-    the same statement (so the bytes are exactly the data of that version). ``tuned``: the
-    session is autocommitted and its connections plan every statement afresh and never JIT
-    (the web app's tile engine), so the per-transaction settings below are not needed, and the
-    statement goes to psycopg as a prepared statement from its first run (parsed once per
-    connection and shape of tile; still a custom plan each time).
+    the same statement (so the bytes are exactly the data of that version). The web app draws
+    with :func:`draw` on a connection of its own instead.
 
     Examples
     --------
     >>> data, version = render(session, "grids", Tile(14, 13393, 6710), admin)   # doctest: +SKIP
     """
-    sql, params = _select(name, tile, principal, filters)
+    sql, params = _combined(name, tile, principal, filters)
     # A tile statement of a whole city is "expensive" to the planner, which then JIT-compiles it:
     # seconds of LLVM for a statement that runs once. Off for this transaction.
     # And the boxes are parameters: a generic plan (psycopg prepares a statement run five times
     # on a connection) cannot see how many rows a box holds and may take minutes. Custom plans.
-    combined = f"{_ENV}SELECT {_version_sql(name)} AS version, ({sql}) AS mvt"
-    params.update(_version_params(name))
-    if tuned:
-        conn = session.connection()
-        conn.connection.dbapi_connection.prepare_threshold = 0    # prepared from the first run
-        version_, mvt = conn.exec_driver_sql(driver_sql(combined), params).one()
-        return bytes(mvt or b""), version_
     session.execute(text("SELECT set_config('jit', 'off', true), "
                          "set_config('plan_cache_mode', 'force_custom_plan', true)"))   # one round trip
-    row = session.execute(text(combined), params).one()
+    row = session.execute(text(sql), params).one()
     return bytes(row.mvt or b""), row.version
+
+
+def draw(conn, name: str, tile: Tile, principal: authz.Principal, filters: Filters = Filters()) -> tuple[bytes, str]:
+    """:func:`render` on a psycopg connection that is autocommitted and set to plan every
+    statement afresh and never JIT (``plan_cache_mode=force_custom_plan``, ``jit=off``: the web
+    app's tile connections, :class:`gisgrid.db.engine.ThreadConnections`): one round trip, the
+    statement prepared (parsed once per connection and shape of tile; still a custom plan each
+    time), no ORM session.
+
+    Parameters
+    ----------
+    conn : psycopg.Connection
+        Autocommitted, with the two settings above (this function does not check them).
+    name, tile, principal, filters
+        As :func:`render`.
+
+    Returns
+    -------
+    (bytes, str)
+        The MVT (possibly empty) and the layer's version read in the same statement.
+    """
+    sql, params = _combined(name, tile, principal, filters)
+    version_, mvt = conn.execute(driver_sql(sql), params, prepare=True).fetchone()
+    return bytes(mvt or b""), version_
+
+
+def _combined(name, tile, principal, filters) -> tuple[str, dict]:
+    sql, params = _select(name, tile, principal, filters)
+    params.update(_version_params(name))
+    return f"{_ENV}SELECT {_version_sql(name)} AS version, ({sql}) AS mvt", params
 
 
 @functools.lru_cache(maxsize=256)        # a statement per layer, zoom class and jurisdiction
@@ -593,6 +613,24 @@ def _version_sql(name: str) -> str:
 def version(session: Session, name: str) -> str:
     """The layer's current version (what :func:`render` returns with the bytes)."""
     return session.execute(text(f"SELECT {_version_sql(name)}"), _version_params(name)).scalar()
+
+
+def version_on(conn, name: str) -> str:
+    """:func:`version` on a psycopg connection: the web app asks it of every cached tile and
+    revalidation, so the statement is prepared and has no parameters (nothing to convert or send
+    but its name)."""
+    return conn.execute(_version_statement(name), prepare=True).fetchone()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _version_statement(name: str) -> str:
+    """The layer's version statement with its table names written in (constants of
+    :data:`LAYERS`, never input)."""
+    sql = f"SELECT {_version_sql(name)}"
+    for key, names in _version_params(name).items():
+        assert all(re.fullmatch(r"[a-z_]+", n) for n in names), names
+        sql = sql.replace(f":{key}", "CAST(ARRAY[" + ", ".join(f"'{n}'" for n in names) + "] AS text[])")
+    return sql
 
 
 def _version_params(name: str) -> dict:

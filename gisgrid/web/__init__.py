@@ -11,7 +11,7 @@ from gisgrid import config
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
-    from gisgrid.db.engine import ThreadConnections, database_url, libpq_url, make_engine, make_sessionmaker
+    from gisgrid.db.engine import PooledConnections, ThreadConnections, database_url, libpq_url, make_engine, make_sessionmaker
     from gisgrid.web import (api, assets, auth, errors, incidents, onemap, open311, pages, patrol, plans,
                              principals, security, tiles, transfer)
 
@@ -34,9 +34,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     # for their own box every time (prepared once per connection, so parsed once, but never a
     # generic plan: force_custom_plan), and never JIT-compiled (seconds of LLVM for a statement
     # that runs once); disposed with the main engine
-    tile_engine = make_engine(database_url(settings), statement_timeout_ms=30_000,
-                              server_settings={"jit": "off", "plan_cache_mode": "force_custom_plan"},
-                              isolation_level="AUTOCOMMIT")
+    tile_engine = make_engine(database_url(settings), statement_timeout_ms=30_000, server_settings=TILE_SETTINGS,
+                              isolation_level="AUTOCOMMIT", pool_use_lifo=True)
     event.listen(engine, "engine_disposed", lambda _engine: tile_engine.dispose())
     app.extensions["gisgrid"] = {"settings": settings, "engine": engine, "sessions": make_sessionmaker(engine),
                                  "autocommit_sessions": make_sessionmaker(
@@ -47,7 +46,9 @@ def create_app(overrides: dict | None = None) -> Flask:
                                                                          ttl=settings.auth_cache_seconds),
                                  # one-statement hot paths (reports, rate-limit hits): a connection per thread
                                  "thread_connections": ThreadConnections(engine, application_name="gisgrid",
-                                                                         statement_timeout_ms=30_000)}
+                                                                         statement_timeout_ms=30_000),
+                                 # tiles and their versions: the tile engine's psycopg connections, last used first
+                                 "tile_connections": PooledConnections(tile_engine)}
     assets.localise_folium()
     errors.register(app)
     app.before_request(transfer.upload_limit)       # before any hook reads the form (NUL check, CSRF)
@@ -76,6 +77,11 @@ def create_app(overrides: dict | None = None) -> Flask:
                     app.logger.warning("closing the request's session failed: %s", e.__class__.__name__)
 
     return app
+
+
+#: connections that draw tiles (and the one map's figures): plan every statement for its own box,
+#: prepared or not, and never JIT-compile one
+TILE_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
 
 
 def _secret_key_file(home) -> str:
