@@ -19,6 +19,7 @@ alternate, and each figure is the best of ``--rounds`` rounds of ``--requests`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -29,6 +30,24 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+
+@contextlib.contextmanager
+def source_trees(against: str | None):
+    """``{"this tree": path}``, and ``{REV: path}`` of REV checked out in a temporary git
+    worktree (removed on exit) when ``against`` names one."""
+    trees = {"this tree": str(HERE.parent)}
+    tmp = None
+    if against:
+        tmp = tempfile.mkdtemp(prefix="gisgrid-rev-")
+        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", tmp, against],
+                       check=True, capture_output=True)
+        trees[against] = tmp
+    try:
+        yield trees
+    finally:
+        if tmp:
+            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", tmp], capture_output=True)
 
 
 def worker(tree: str, token: str, points: list, n: int, rounds: int) -> dict:
@@ -98,14 +117,9 @@ def main() -> None:
         points = bench.grid_points(conn)
     token = bench.field_tokens(Session, 1, "cpu")[0][1]
     engine.dispose()
-    trees = {"this tree": str(HERE.parent)}
-    tmp = None
-    if args.against:
-        tmp = tempfile.mkdtemp(prefix="gisgrid-rev-")
-        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", tmp, args.against],
-                       check=True, capture_output=True)
-        trees[args.against] = tmp
+    stack = contextlib.ExitStack()
     try:
+        trees = stack.enter_context(source_trees(args.against))
         results: dict = {name: [] for name in trees}
         for _ in range(2):                  # alternate the trees: drift of the machine hits both
             for name, tree in trees.items():
@@ -127,8 +141,7 @@ def main() -> None:
             print(f"{'this / ' + args.against:<16}{here['report'] / old['report']:>20.2f}×"
                   f"{here['healthz'] / old['healthz']:>15.2f}×")
     finally:
-        if tmp:
-            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", tmp], capture_output=True)
+        stack.close()
         with psycopg.connect(dsn, autocommit=True) as conn:
             bench.reset_bench_rows(conn)
 

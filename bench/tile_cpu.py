@@ -26,12 +26,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from request_cpu import source_trees  # noqa: E402  (this tree and another revision's worktree)
 
 KINDS = ("api_me", "cached", "r304", "uncached")
 
@@ -122,14 +122,7 @@ def main() -> None:
     url = f"/tiles/incidents/{t.z}/{t.x}/{t.y}.pbf"
     token = tile_bench.bench_token(Session)
     engine.dispose()
-    trees = {"this tree": str(HERE.parent)}
-    tmp = None
-    if args.against:
-        tmp = tempfile.mkdtemp(prefix="gisgrid-rev-")
-        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", tmp, args.against],
-                       check=True, capture_output=True)
-        trees[args.against] = tmp
-    try:
+    with source_trees(args.against) as trees:
         results: dict = {name: [] for name in trees}
         for _ in range(1 if args.profile else 2):     # alternate the trees: drift of the machine hits both
             for name, tree in trees.items():
@@ -152,9 +145,6 @@ def main() -> None:
         if args.against:
             here, old = best["this tree"], best[args.against]
             print(f"{'this / ' + args.against:<16}" + "".join(f"{here[k] / old[k]:>11.2f}×" for k in KINDS))
-    finally:
-        if tmp:
-            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", tmp], capture_output=True)
 
 
 if __name__ == "__main__":
