@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import CheckConstraint, Date, ForeignKey, Integer, String, Text
+from sqlalchemy import CheckConstraint, Date, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -23,6 +23,9 @@ class Resident(Base):
         CheckConstraint("building_id IS NOT NULL OR geom IS NOT NULL", name="building_or_point"),
         CheckConstraint("gender IS NULL OR gender IN ('M', 'F')", name="gender"),
         valid(), types("geom", "Point"), gist("resident"),
+        # partial (migration 0015): looked up by value only, and most bulk-imported rows have neither
+        Index("ix_resident_building_id", "building_id", postgresql_where=text("building_id IS NOT NULL")),
+        Index("ix_resident_id_number_index", "id_number_index", postgresql_where=text("id_number_index IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -32,11 +35,11 @@ class Resident(Base):
     birth_date: Mapped[date | None] = mapped_column(Date)
     id_number_enc: Mapped[str | None] = mapped_column(Text)
     id_number_masked: Mapped[str | None] = mapped_column(String(18))
-    id_number_index: Mapped[str | None] = mapped_column(String(64), index=True)
+    id_number_index: Mapped[str | None] = mapped_column(String(64))
     phone_enc: Mapped[str | None] = mapped_column(Text)
     phone_masked: Mapped[str | None] = mapped_column(String(20))
     tags: Mapped[list[str]] = mapped_column(ARRAY(String(40)), default=list, server_default="{}")
-    building_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("building.id", ondelete="RESTRICT"), index=True)
+    building_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("building.id", ondelete="RESTRICT"))
     geom = mapped_column(geom_type("POINT"), nullable=True)
 
 

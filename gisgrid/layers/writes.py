@@ -508,6 +508,10 @@ class BulkPoints:
             s.execute(text("ALTER TABLE _gisgrid_stage ADD COLUMN building_code text"))
         self.staged = ["id"] + cols + extra
         self.types = binary_types(s, "_gisgrid_stage", self.staged)
+        # a chunk that needs neither the building join nor a column default goes straight in
+        self.direct = ["id"] + cols
+        self.direct_types = None if self.types is None else binary_types(s, self.table, self.direct)
+        self.defaulted = [c for c in cols if _or_default(self.model, c) != f"s.{c}"]
         values = ", ".join(["id"] + cols + (["building_id"] if by_building else []))
         select_ = ", ".join(["s.id"] + [_or_default(self.model, c) for c in cols] + (["b.id"] if by_building else []))
         join = " LEFT JOIN building b ON b.code = s.building_code" if by_building else ""
@@ -525,16 +529,20 @@ class BulkPoints:
                 continue                      # drain: the caller stops at close()
             t0 = time.perf_counter()
             try:
-                stage, packed, links, packed_links = item
-                if self.types is None:
-                    copy_frame(raw, "_gisgrid_stage", stage)
+                stage, packed, direct, links, packed_links = item
+                if direct:                    # COPY into the layer itself: no stage to write and read
+                    t1 = time.perf_counter()
+                    _as_dbapi(copy_binary, raw, self.table, stage, self.direct_types, packed)
                 else:
-                    copy_binary(raw, "_gisgrid_stage", stage, self.types, packed)
-                t1 = time.perf_counter()
-                self.conn.exec_driver_sql(self.insert)
-                self.conn.exec_driver_sql("TRUNCATE _gisgrid_stage")
+                    if self.types is None:
+                        copy_frame(raw, "_gisgrid_stage", stage)
+                    else:
+                        copy_binary(raw, "_gisgrid_stage", stage, self.types, packed)
+                    t1 = time.perf_counter()
+                    self.conn.exec_driver_sql(self.insert)
+                    self.conn.exec_driver_sql("TRUNCATE _gisgrid_stage")
                 t2 = time.perf_counter()
-                linking.copy_links(raw, self.layer, links, packed_links)
+                _as_dbapi(linking.copy_links, raw, self.layer, links, packed_links)
                 t3 = time.perf_counter()
                 for k, v in (("stage", t1 - t0), ("insert", t2 - t1), ("links", t3 - t2)):
                     self.took[k] = self.took.get(k, 0) + v
@@ -568,14 +576,20 @@ class BulkPoints:
         by_point = frame["building_code"].isna().to_numpy() if "building_code" in frame else np.ones(n, dtype=bool)
         pos = linking.grid_positions(self.grids, geoms)
         linked = by_point & (pos >= 0)
-        links = linking.link_frame(self.grids, ids[linked], pos[linked])
+        # in grid order (codes: the link table's area index order), each grid's records by id: the
+        # area index then takes its entries page by page instead of all over (a third faster)
+        order = np.flatnonzero(linked)[np.argsort(pos[linked], kind="stable")]
+        links = linking.link_frame(self.grids, ids[order], pos[order])
         self.rest.append(ids[~linked & (~shapely.is_missing(geoms) | ~by_point)])   # outside every grid, by building
-        stage = frame[self.staged]
-        packed = None if self.types is None else pack_binary(stage, self.types)     # here: the other
+        direct = self.direct_types is not None and by_point.all() \
+            and not any(frame[c].isna().any() for c in self.defaulted)
+        stage = frame[self.direct if direct else self.staged]
+        types = self.direct_types if direct else self.types
+        packed = None if types is None else pack_binary(stage, types)              # here: the other
         packed_links = pack_binary(links, linking.LINK_TYPES)                      # thread only waits
         self.took["prepare"] += time.perf_counter() - t0
         if not self.failed:
-            self.queue.put((stage, packed, links, packed_links))
+            self.queue.put((stage, packed, direct, links, packed_links))
 
     def close(self) -> None:
         """Stop the second thread once it has written what was queued (idempotent)."""
@@ -607,6 +621,17 @@ class BulkPoints:
         log.info("bulk %s of %d: %s; then index and links %.2f s", self.layer, n,
                  ", ".join(f"{k} {v:.2f} s" for k, v in self.took.items()), time.perf_counter() - t0)
         return self.counts
+
+
+def _as_dbapi(copy, *args):
+    """Run a COPY (psycopg), its refusal raised as SQLAlchemy's DBAPIError like any statement's
+    (a stored code: IntegrityError wrapping UniqueViolation), for the importer and translate()."""
+    import psycopg
+
+    try:
+        return copy(*args)
+    except psycopg.Error as e:
+        raise DBAPIError.instance(f"COPY {args[1]}", None, e, psycopg.Error) from e
 
 
 def _id_ranges(session: Session, written: str) -> dict[str, list[list[int]]]:
