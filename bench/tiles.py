@@ -221,7 +221,7 @@ def main() -> None:
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("ANALYZE")
-            conn.execute("SET jit = off")      # as the server runs tile statements (tiles.render):
+            conn.execute("SET jit = off")      # as the server runs tile statements (tiles.draw):
             conn.execute("SET plan_cache_mode = force_custom_plan")   # no JIT, a custom plan each time
             log(f"\n{'layer':<14}{'z':>3} {'floor p50':>10} {'served':>9} {'ratio':>6} {'cached':>8} {'floor/c':>8} "
                 f"{'304':>7} {'raw KB':>8} {'gzip KB':>8} {'features':>9}")

@@ -542,40 +542,25 @@ def _select(name, tile, principal, filters) -> tuple[str, dict]:
     return sql, params
 
 
-def render(session: Session, name: str, tile: Tile, principal: authz.Principal,
-           filters: Filters = Filters()) -> tuple[bytes, str]:
-    """Draw one tile. Returns ``(mvt_bytes, version)``: the version of the layer's tables read in
-    the same statement (so the bytes are exactly the data of that version). The web app draws
-    with :func:`draw` on a connection of its own instead.
-
-    Examples
-    --------
-    >>> data, version = render(session, "grids", Tile(14, 13393, 6710), admin)   # doctest: +SKIP
-    """
-    sql, params = _combined(name, tile, principal, filters)
-    # A tile statement of a whole city is "expensive" to the planner, which then JIT-compiles it:
-    # seconds of LLVM for a statement that runs once. Off for this transaction.
-    # And the boxes are parameters: a generic plan (psycopg prepares a statement run five times
-    # on a connection) cannot see how many rows a box holds and may take minutes. Custom plans.
-    session.execute(text("SELECT set_config('jit', 'off', true), "
-                         "set_config('plan_cache_mode', 'force_custom_plan', true)"))   # one round trip
-    row = session.execute(text(sql), params).one()
-    return bytes(row.mvt or b""), row.version
-
-
 def draw(conn, name: str, tile: Tile, principal: authz.Principal, filters: Filters = Filters()) -> tuple[bytes, str]:
-    """:func:`render` on a psycopg connection that is autocommitted and set to plan every
+    """Draw one tile on a psycopg connection that is autocommitted and set to plan every
     statement afresh and never JIT (``plan_cache_mode=force_custom_plan``, ``jit=off``: the web
-    app's tile connections, :class:`gisgrid.db.engine.ThreadConnections`): one round trip, the
-    statement prepared (parsed once per connection and shape of tile; still a custom plan each
-    time), no ORM session.
+    app's tile connections, :class:`gisgrid.db.engine.PooledConnections` over the tile engine):
+    one round trip, the statement prepared (parsed once per connection and shape of tile; still a
+    custom plan each time), no ORM session. Returns the bytes with the version of the layer's
+    tables read in the same statement, so the bytes are exactly the data of that version.
+
+    Both settings matter: a tile statement over a whole city is "expensive" to the planner, which
+    would JIT-compile it (seconds of LLVM for a statement that runs once), and its boxes are
+    parameters, which a generic plan cannot see (how many rows a box holds): custom plans.
 
     Parameters
     ----------
     conn : psycopg.Connection
         Autocommitted, with the two settings above (this function does not check them).
     name, tile, principal, filters
-        As :func:`render`.
+        The layer (:data:`LAYERS`), the tile, the caller (its jurisdiction bounds the features)
+        and the query's filters.
 
     Returns
     -------
@@ -611,7 +596,7 @@ def _version_sql(name: str) -> str:
 
 
 def version(session: Session, name: str) -> str:
-    """The layer's current version (what :func:`render` returns with the bytes)."""
+    """The layer's current version (what :func:`draw` returns with the bytes)."""
     return session.execute(text(f"SELECT {_version_sql(name)}"), _version_params(name)).scalar()
 
 
