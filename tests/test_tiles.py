@@ -327,3 +327,9 @@ def test_layer_version_follows_committed_writes_only(app):
     conns = app.extensions["gisgrid"]["tile_connections"]
     assert conns.run(lambda conn: tiles.version_on(conn, "patrol_routes")) == after
     assert conns.run(lambda conn: tiles.version_on(conn, "places")) == places
+    # every layer's in one statement (what /tiles/index.json polls), each as read alone
+    names = tuple(tiles.LAYERS)
+    together = conns.run(lambda conn: tiles.versions_on(conn, names))
+    with Session() as s:
+        assert together == {n: tiles.version(s, n) for n in names}
+    assert together["patrol_routes"] == after and together["places"] == places

@@ -194,8 +194,10 @@ def tilejson(name):
 @needs("read")
 def index():
     """Every layer's TileJSON URL and data version: what the one map polls for live updates."""
-    out = {name: {"tilejson": url_for("tiles.tilejson", name=name), "data_version": _short(_version(name))}
-           for name in tl.LAYERS}
+    names = tuple(tl.LAYERS)
+    versions = _connections().run(lambda conn: tl.versions_on(conn, names), retry=True)   # one round trip
+    out = {name: {"tilejson": url_for("tiles.tilejson", name=name), "data_version": _short(versions[name])}
+           for name in names}
     resp = jsonify(out)
     resp.headers["Cache-Control"] = "no-store"
     return resp
