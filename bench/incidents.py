@@ -434,12 +434,17 @@ def run_bare_stack(args, points, cats, run_id):
 
 
 def check_gisgrid(conn, results, run_id) -> dict:
+    # joins to grouped counts, not a subquery per row: audit_log has no index on entity_id, and
+    # a correlated count over it is a scan of the whole log per incident (minutes at 30,000)
     rows = conn.execute(
-        "SELECT i.idempotency_key, i.code, i.description, "
-        "(SELECT l.grid_id FROM incident_link l WHERE l.id = i.id) IS NOT NULL, "
-        "(SELECT count(*) FROM incident_event e WHERE e.incident_id = i.id), "
-        "(SELECT count(*) FROM audit_log a WHERE a.entity = 'incident' AND a.action = 'create' "
-        " AND a.entity_id = i.id::text) FROM incident i WHERE i.description LIKE %s",
+        "WITH i AS (SELECT id, idempotency_key, code, description FROM incident WHERE description LIKE %s), "
+        "e AS (SELECT incident_id, count(*) AS n FROM incident_event WHERE incident_id IN (SELECT id FROM i) "
+        "      GROUP BY incident_id), "
+        "a AS (SELECT entity_id, count(*) AS n FROM audit_log WHERE entity = 'incident' AND action = 'create' "
+        "      AND entity_id IN (SELECT id::text FROM i) GROUP BY entity_id) "
+        "SELECT i.idempotency_key, i.code, i.description, l.grid_id IS NOT NULL, coalesce(e.n, 0), "
+        "coalesce(a.n, 0) FROM i LEFT JOIN incident_link l ON l.id = i.id "
+        "LEFT JOIN e ON e.incident_id = i.id LEFT JOIN a ON a.entity_id = i.id::text",
         (f"{PREFIX}:{run_id}:%",)).fetchall()
     by_key = collections.defaultdict(list)
     by_desc = collections.Counter()
