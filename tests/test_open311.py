@@ -7,7 +7,7 @@ import json
 import re
 import uuid
 import xml.etree.ElementTree as ET
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from PIL import Image
@@ -15,6 +15,7 @@ from shapely.geometry import shape
 from sqlalchemy import text
 
 from gisgrid.layers import users
+from gisgrid.web.open311 import CHINA
 
 from conftest import login_as
 
@@ -218,7 +219,9 @@ def test_filters(anonymous, tokens, g):
     assert a in get("service_code=noise") and b not in get("service_code=noise")
     assert set(get("service_code=noise,fire")) >= {a, b}
     assert a in get("status=open") and a not in get("status=closed") and a in get("status=open,closed")
-    today, tomorrow, yesterday = date.today(), date.today() + timedelta(days=1), date.today() - timedelta(days=1)
+    # dates as the service reads them: in China (UTC+8), whose day starts 8 hours before UTC's
+    today = datetime.now(CHINA).date()
+    tomorrow, yesterday = today + timedelta(days=1), today - timedelta(days=1)
     assert a in get(f"start_date={yesterday}&end_date={tomorrow}")
     assert a in get(f"start_date={yesterday}T00:00:00%2B08:00")
     assert a in get(f"start_date={yesterday}T00:00:00+08:00")        # '+' not encoded: a space, read as '+'
