@@ -200,11 +200,17 @@ class CpuMeter:
                 time.perf_counter())
 
     @staticmethod
-    def line(a, b) -> str:
+    def line(a, b, n: int = 0) -> str:
+        """Cores busy per part between samples ``a`` and ``b``; with ``n`` (requests answered),
+        also each part's CPU per request: the figure a change to one part moves, while the
+        machine's own speed moves all of them (it varied by a third between runs here)."""
         wall = b[3] - a[3]
-        parts = [f"{name} {(b[i] - a[i]) / wall:.2f}" for i, name in ((0, "server"), (1, "postgres"), (2, "bench clients"))
-                 if name != "server" or b[0]]
-        return f"CPU (cores busy, of 2 on the machine): {', '.join(parts)}"
+        names = [(i, name) for i, name in ((0, "server"), (1, "postgres"), (2, "bench clients")) if i or b[0]]
+        out = "CPU (cores busy, of 2 on the machine): " + ", ".join(f"{name} {(b[i] - a[i]) / wall:.2f}"
+                                                                     for i, name in names)
+        if n:
+            out += "; per request " + ", ".join(f"{name} {(b[i] - a[i]) / n * 1000:.2f} ms" for i, name in names)
+        return out
 
 
 def run_threads(threads, start_at, meter):
@@ -384,8 +390,9 @@ def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None, 
             h_start = time.perf_counter() + 0.2
             h0, h1 = run_clients([health_client(base + "/healthz", h_start + args.ceiling, lat)
                                   for _ in range(args.clients)], h_start, meter)
-            ceiling = (len(lat) / (h1[3] - h0[3]), pct(lat, 50), pct(lat, 95), CpuMeter.line(h0, h1))
-        return out, errors, elapsed, CpuMeter.line(c0, c1), ceiling, xacts
+            ceiling = (len(lat) / (h1[3] - h0[3]), pct(lat, 50), pct(lat, 95), CpuMeter.line(h0, h1, len(lat)))
+        answered = sum(1 for r in out if r.status in (200, 201))
+        return out, errors, elapsed, CpuMeter.line(c0, c1, answered), ceiling, xacts
     finally:
         proc.terminate()
         try:
@@ -427,7 +434,7 @@ def run_bare_stack(args, points, cats, run_id):
                                 args.timeout) for i in range(args.clients)]
         c0, c1 = run_clients(clients, start_at, CpuMeter(proc.pid, None))
         ok = [r for r in out if r.status == 201]
-        return len(ok), c1[3] - start_at, [r.done_ms for r in ok], CpuMeter.line(c0, c1), workers, settings.threads
+        return len(ok), c1[3] - start_at, [r.done_ms for r in ok], CpuMeter.line(c0, c1, len(ok)), workers, settings.threads
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(15)
@@ -519,7 +526,7 @@ def run_floor(args, dsn, points, cats, run_id, postmaster):
                                 args=(i, dsn, start_at, stop_at, run_id, points, cats, out, errors, lock))
                for i in range(args.clients)]
     c0, c1 = run_threads(threads, start_at, CpuMeter(None, postmaster))
-    return out, errors, c1[3] - start_at, CpuMeter.line(c0, c1)
+    return out, errors, c1[3] - start_at, CpuMeter.line(c0, c1, len(out))
 
 
 def check_floor(conn, done, run_id) -> dict:
