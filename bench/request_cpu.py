@@ -117,31 +117,29 @@ def main() -> None:
         points = bench.grid_points(conn)
     token = bench.field_tokens(Session, 1, "cpu")[0][1]
     engine.dispose()
-    stack = contextlib.ExitStack()
     try:
-        trees = stack.enter_context(source_trees(args.against))
-        results: dict = {name: [] for name in trees}
-        for _ in range(2):                  # alternate the trees: drift of the machine hits both
-            for name, tree in trees.items():
-                r = subprocess.run([sys.executable, __file__, "--worker", tree, "--requests", str(args.requests),
-                                    "--rounds", str(args.rounds)], input=json.dumps({"token": token, "points": points}),
-                                   capture_output=True, text=True, env=os.environ)
-                if r.returncode:
-                    sys.exit(f"{name}: {r.stderr[-2000:]}")
-                results[name].append(json.loads(r.stdout.strip().splitlines()[-1]))
-        load = os.getloadavg()[0]
-        print(f"\nCPU per request, in-process (Flask test client), best of {args.rounds} × {args.requests}, "
-              f"twice each tree alternately; load average {load:.1f}")
-        print(f"{'tree':<16}{'POST /api/incidents':>22}{'GET /healthz':>16}")
-        best = {name: {k: min(r[k] for r in rs) for k in ("report", "healthz")} for name, rs in results.items()}
-        for name, b in best.items():
-            print(f"{name:<16}{b['report']:>19.3f} ms{b['healthz']:>13.3f} ms")
-        if args.against:
-            here, old = best["this tree"], best[args.against]
-            print(f"{'this / ' + args.against:<16}{here['report'] / old['report']:>20.2f}×"
-                  f"{here['healthz'] / old['healthz']:>15.2f}×")
+        with source_trees(args.against) as trees:
+            results: dict = {name: [] for name in trees}
+            for _ in range(2):                  # alternate the trees: drift of the machine hits both
+                for name, tree in trees.items():
+                    r = subprocess.run([sys.executable, __file__, "--worker", tree, "--requests", str(args.requests),
+                                        "--rounds", str(args.rounds)], input=json.dumps({"token": token, "points": points}),
+                                       capture_output=True, text=True, env=os.environ)
+                    if r.returncode:
+                        sys.exit(f"{name}: {r.stderr[-2000:]}")
+                    results[name].append(json.loads(r.stdout.strip().splitlines()[-1]))
+            load = os.getloadavg()[0]
+            print(f"\nCPU per request, in-process (Flask test client), best of {args.rounds} × {args.requests}, "
+                  f"twice each tree alternately; load average {load:.1f}")
+            print(f"{'tree':<16}{'POST /api/incidents':>22}{'GET /healthz':>16}")
+            best = {name: {k: min(r[k] for r in rs) for k in ("report", "healthz")} for name, rs in results.items()}
+            for name, b in best.items():
+                print(f"{name:<16}{b['report']:>19.3f} ms{b['healthz']:>13.3f} ms")
+            if args.against:
+                here, old = best["this tree"], best[args.against]
+                print(f"{'this / ' + args.against:<16}{here['report'] / old['report']:>20.2f}×"
+                      f"{here['healthz'] / old['healthz']:>15.2f}×")
     finally:
-        stack.close()
         with psycopg.connect(dsn, autocommit=True) as conn:
             bench.reset_bench_rows(conn)
 
