@@ -1,6 +1,6 @@
-"""The web stack alone, for bench/incidents.py: Flask under the same gunicorn configuration as
-``gisgrid serve``, answering ``POST /api/incidents`` by parsing the JSON body and returning it
-(with a code) as 201 – no database, no authentication, no checks. What gunicorn + Flask + the
+"""The web stack alone, for bench/incidents.py: Flask under the same server configuration as
+``gisgrid serve`` (gisgrid.web.server), answering ``POST /api/incidents`` by parsing the JSON body and returning it
+(with a code) as 201 – no database, no authentication, no checks. What the server + Flask + the
 bench's clients reach on this machine is the most any Flask view can reach here."""
 from __future__ import annotations
 

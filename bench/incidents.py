@@ -6,7 +6,7 @@ Uses its own embedded cluster (``GISGRID_HOME=/tmp/gg-bench-incidents``, ``GISGR
 with the demo district, and 50 field users (``bench-field-NN``, role field, jurisdiction the demo
 district), each with a fresh report token. Then, in one run:
 
-* gisgrid: ``gisgrid serve`` (gunicorn, cores + 1 worker processes × 4 threads) as a subprocess
+* gisgrid: ``gisgrid serve`` (Granian, cores + 1 worker processes × 8 threads) as a subprocess
   on a free loopback port, with
   ``GISGRID_REPORT_LIMIT=100000 per minute`` (the default 120 per minute per user would refuse
   the load). ``--clients`` clients, each with its own keep-alive connection and user (aiohttp
@@ -385,7 +385,7 @@ def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None, 
         time.sleep(2.0)                 # backends flush their statistics at most once a second
         xacts = [b - a for a, b in zip(x0, db_counters(dsn))] if dsn else None
         ceiling = None
-        if args.ceiling > 0 and not rate:       # what gunicorn + Flask + one SELECT 1 do on this machine
+        if args.ceiling > 0 and not rate:       # what the server + Flask + one SELECT 1 do on this machine
             lat = []
             h_start = time.perf_counter() + 0.2
             h0, h1 = run_clients([health_client(base + "/healthz", h_start + args.ceiling, lat)
@@ -404,18 +404,18 @@ def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None, 
 
 
 def run_bare_stack(args, points, cats, run_id):
-    """bench/bare_stack.py under gunicorn with gisgrid serve's worker settings, the same clients
-    posting the same bodies: (acknowledged, seconds, CPU line)."""
+    """bench/bare_stack.py under gisgrid serve's server with its worker settings
+    (gisgrid.web.server), the same clients posting the same bodies: (acknowledged, seconds,
+    latencies, CPU line, workers, threads)."""
     from gisgrid import config
+    from gisgrid.web import server
 
     settings = config.load()
-    workers = settings.workers or (os.cpu_count() or 1) + 1
     port = free_port()
-    gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    proc = subprocess.Popen([gunicorn, "-w", str(workers), "-k", "gthread", "--threads", str(settings.threads),
-                             "-b", f"127.0.0.1:{port}", "--keep-alive", "5", "--log-level", "warning",
-                             "--chdir", str(Path(__file__).parent), "bare_stack:app"],
+    proc = subprocess.Popen([sys.executable, "-m", "gisgrid.web.server", "bare_stack:app", str(Path(__file__).parent)],
+                            env=dict(os.environ, GISGRID_HOST="127.0.0.1", GISGRID_PORT=str(port)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    workers = server.workers(settings)
     try:
         base = f"http://127.0.0.1:{port}"
         t0 = time.perf_counter()
@@ -425,7 +425,7 @@ def run_bare_stack(args, points, cats, run_id):
                     break
             except OSError:
                 if proc.poll() is not None or time.perf_counter() - t0 > 30:
-                    sys.exit("the bare Flask + gunicorn server did not start")
+                    sys.exit("the bare Flask server did not start")
                 time.sleep(0.2)
         out, errors = [], collections.Counter()
         start_at = time.perf_counter() + 0.5
@@ -615,7 +615,7 @@ def main() -> None:
                     help="then S seconds with the clients paced to 0.5 × the floor's throughput, for the "
                          "latency at the goal's throughput (0: skip)")
     ap.add_argument("--no-bare-stack", dest="bare_stack", action="store_false",
-                    help="skip the bare Flask + gunicorn reference")
+                    help="skip the bare Flask + server reference")
     ap.add_argument("--keep-db", action="store_true", help="leave the cluster running at the end")
     args = ap.parse_args()
     if args.smoke:
@@ -684,7 +684,7 @@ def main() -> None:
             n, secs, lat, cpu, w, t = run_bare_stack(args, points, cats, run_id)
             bare = n / secs
             log(f"\nreference: the web stack alone (bench/bare_stack.py: Flask parses the body and echoes it, no "
-                f"database; gunicorn {w} workers × {t} threads, the same clients): {bare:.1f} requests/s, "
+                f"database; Granian {w} workers × {t} threads, the same clients): {bare:.1f} requests/s, "
                 f"p50 {pct(lat, 50):.1f} ms, p95 {pct(lat, 95):.1f} ms; {cpu}")
         if args.no_floor:
             return
@@ -729,7 +729,7 @@ def main() -> None:
             chk = {k: chk[k] + pchk[k] for k in ("lost", "dup_key", "dup_seq")}
         if args.bare_stack:
             log(f"{'bare stack (no database)':24s} {bare:10.1f} {pct(lat, 50):8.1f} {pct(lat, 95):8.1f}")
-            log(f"{'bare stack / floor':24s} {bare / f_tput:9.2f}×   (the most a Flask + gunicorn view reaches here)")
+            log(f"{'bare stack / floor':24s} {bare / f_tput:9.2f}×   (the most a Flask view under this server reaches here)")
             log(f"{'gisgrid / bare stack':24s} {g_tput / bare:9.2f}×")
         p95 = pct(done, 95)
         log(f"\ngisgrid vs goals ({args.clients} clients × {args.seconds:g} s):")

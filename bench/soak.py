@@ -5,7 +5,7 @@ and, counted in the database afterwards, lost and duplicated writes.
     .venv/bin/python bench/soak.py [--seconds 300] [--field 50] [--centre 10] [--planners 2]
 
 Uses its own embedded cluster (``GISGRID_HOME=/tmp/gg-soak``, demo district, loaded on first use)
-and ``gisgrid serve`` (gunicorn) as a subprocess group on a free loopback port. The clients:
+and ``gisgrid serve`` (Granian) as a subprocess group on a free loopback port. The clients:
 
 * field (``--field``): each posts reports (``POST /api/incidents``, a fresh ``Idempotency-Key`` a
   report) and, where the API offers them, patrol check-ins, one after the other, no think time.

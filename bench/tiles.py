@@ -5,8 +5,8 @@ tile, throughput at 16 clients.
         [--repeat 7] [--clients 16] [--seconds 20] [--layers incidents,grids] [--zooms 12,14]
         [--client http.client|requests]
 
-Loads the dataset if missing (bench/link.py's loader), starts two ``gisgrid serve`` (gunicorn,
-gthread) on loopback ports, one with the tile cache off (``GISGRID_TILE_CACHE_MB=0``: every
+Loads the dataset if missing (bench/link.py's loader), starts two ``gisgrid serve`` (Granian)
+on loopback ports, one with the tile cache off (``GISGRID_TILE_CACHE_MB=0``: every
 request draws the tile) and one with it on, and asks them with an admin API token (the whole city
 in scope), through one keep-alive connection per server (``http.client``; ``--client requests``
 for the earlier runs' client, which costs 1–5 ms a request by itself here). First the HTTP

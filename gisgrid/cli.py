@@ -476,38 +476,16 @@ def export_cmd(layer, path, fmt, crs, where, reason):
 
 
 def _serve(settings):
-    """gunicorn: ``settings.workers`` processes (default cores + 1, so Python's one-core-per-
-    process limit does not cap the service) of ``settings.threads`` threads each. Each worker
-    builds its own app (engine and pool) after the fork; the embedded cluster is started once,
+    """The web app under gisgrid.web.server (Granian). The embedded cluster is started once,
     here, before any worker exists."""
-    import os
-
-    from gunicorn.app.base import BaseApplication
-
     from gisgrid.db.engine import database_url
+    from gisgrid.web import server
 
     database_url(settings)
-    workers = settings.workers or (os.cpu_count() or 1) + 1
-
-    class Gisgrid(BaseApplication):
-        def load_config(self):
-            for k, v in {"bind": f"{settings.host}:{settings.port}", "workers": workers,
-                         "worker_class": "gthread", "threads": settings.threads, "timeout": 60,
-                         "graceful_timeout": 10, "keepalive": 5, "proc_name": "gisgrid", "accesslog": None,
-                         "errorlog": "-", "loglevel": "warning"}.items():
-                self.cfg.set(k, v)
-
-        def load(self):
-            from gisgrid.web import create_app
-
-            app = create_app()
-            app.extensions["gisgrid"]["principals"].listen()    # per worker, after the fork
-            return app
-
     url = f"http://{settings.host}:{settings.port}/"
-    click.echo(f"gisgrid serving at {url} ({workers} workers × {settings.threads} threads)", err=False)
+    click.echo(f"gisgrid serving at {url} ({server.workers(settings)} workers × {settings.threads} threads)")
     sys.stdout.flush()
-    Gisgrid().run()
+    server.serve(settings)
 
 
 @main.command()

@@ -27,9 +27,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5080
     #: ``GISGRID_WORKERS`` / ``GISGRID_THREADS``: web worker processes (0 = cores + 1) and
-    #: threads per process of ``gisgrid serve`` (gunicorn, gthread workers).
+    #: WSGI threads per process of ``gisgrid serve`` (gisgrid.web.server).
     workers: int = 0
-    threads: int = 4
+    threads: int = 8
     #: ``GISGRID_BASEMAP_URL``: an XYZ tile URL (e.g. Tianditu or an intranet server). Empty = none;
     #: the district's own layers draw the map.
     basemap_url: str = ""
@@ -87,7 +87,7 @@ def load(env: dict | None = None) -> Settings:
         host=env.get("GISGRID_HOST", "127.0.0.1"),
         port=int(env.get("GISGRID_PORT", "5080")),
         workers=int(env.get("GISGRID_WORKERS", "0")),
-        threads=int(env.get("GISGRID_THREADS", "4")),
+        threads=int(env.get("GISGRID_THREADS", "8")),
         basemap_url=env.get("GISGRID_BASEMAP_URL", ""),
         basemap_attribution=env.get("GISGRID_BASEMAP_ATTRIBUTION", ""),
         secret_key=env.get("GISGRID_SECRET_KEY", ""),

@@ -57,7 +57,7 @@ def server(demo_url):
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    """Stop `gisgrid serve` and its workers: SIGTERM (gunicorn finishes what is in flight), and
+    """Stop `gisgrid serve` and its workers: SIGTERM (the workers finish what is in flight), and
     SIGKILL to the whole group should that take over 30 s."""
     try:
         os.killpg(proc.pid, sig)

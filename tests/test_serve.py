@@ -1,4 +1,4 @@
-"""`gisgrid serve` as it runs in production (gunicorn, several worker processes): limits are
+"""`gisgrid serve` as it runs in production (Granian, several worker processes): limits are
 shared by the workers, and a kill -9 of the whole server during a burst of reports loses and
 duplicates nothing once the clients retry with their idempotency keys."""
 from __future__ import annotations
@@ -24,7 +24,7 @@ def start(url: str, port: int, **env) -> subprocess.Popen:
 
 
 def kill(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
-    """Signal the server's whole process group (the gunicorn master and its workers)."""
+    """Signal the server's whole process group (the server's main process and its workers)."""
     stop(proc, sig)
 
 

@@ -48,8 +48,8 @@ FRESH_SECONDS = 86_400      # a tile asked for with the current ?v= may be kept 
 class TileCache:
     """Gzipped tiles by (layer, z, x, y, filters, jurisdiction), each with the version it was
     drawn at: one entry a tile, its newest drawing (an older version is never asked for again).
-    Least recently used out first once over ``max_bytes``. Thread-safe (gunicorn serves with
-    threads)."""
+    Least recently used out first once over ``max_bytes``. Thread-safe (the server runs each
+    worker's requests in threads)."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.size = max_bytes, 0
