@@ -217,3 +217,50 @@ def test_workers_remember_a_token_and_forget_it_when_revoked_or_disabled(demo_ur
         assert refused_soon(second)[-1] == 401
     finally:
         stop(proc)
+
+
+def _workers(proc: subprocess.Popen) -> set[int]:
+    """The pids of the server's worker processes: the main process's children."""
+    import os
+
+    kids = set()
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if ppid == proc.pid:
+                kids.add(int(p))
+    return kids
+
+
+def test_a_worker_that_dies_is_replaced_and_the_server_keeps_answering(demo_url):
+    """kill -9 of one worker (an out-of-memory kill, a crash in a C extension): the other worker
+    goes on answering at once, and the main process starts a new worker in its place."""
+    import os
+    import urllib.request
+
+    port = free_port()
+    proc = start(demo_url, port)              # 2 workers
+    try:
+        before = _workers(proc)
+        assert len(before) == 2, before
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(10):                   # the survivor answers while the victim is replaced
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                assert r.status == 200
+        deadline = time.monotonic() + 30
+        while True:
+            now = _workers(proc)
+            if len(now) == 2 and victim not in now:
+                break
+            assert time.monotonic() < deadline, f"no worker replaced the killed one: {now}"
+            time.sleep(0.2)
+        assert proc.poll() is None, "the server exited when a worker died"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        kill(proc, signal.SIGTERM)
