@@ -264,3 +264,48 @@ def test_a_worker_that_dies_is_replaced_and_the_server_keeps_answering(demo_url)
             assert r.status == 200
     finally:
         kill(proc, signal.SIGTERM)
+
+
+def test_sigterm_lets_a_report_in_flight_finish(demo_url, field_token):
+    """A report still waiting on the database when the server is told to stop (SIGTERM, as a
+    deploy or systemd does) gets its answer, and is stored, before the server exits."""
+    import psycopg
+
+    token, lon, lat = field_token
+    port = free_port()
+    proc = start(demo_url, port)
+    key = str(uuid.uuid4())
+    out = {}
+
+    def post():
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            c.request("POST", "/api/incidents", body=json.dumps({"category": "sanitation", "lon": lon, "lat": lat,
+                                                                 "description": "in flight at SIGTERM"}),
+                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                               "Idempotency-Key": key})
+            r = c.getresponse()
+            out["status"], out["body"] = r.status, json.loads(r.read())
+        finally:
+            c.close()
+
+    with psycopg.connect(demo_url.replace("+psycopg", "")) as locker:
+        locker.execute("LOCK TABLE incident_tally IN ACCESS EXCLUSIVE MODE")   # the report's trigger waits
+        t = threading.Thread(target=post)
+        t.start()
+        deadline = time.monotonic() + 10
+        while not locker.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
+            assert time.monotonic() < deadline, "the report never reached the lock"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the server exited with a request in flight"
+        locker.rollback()                     # let the report through
+    t.join(30)
+    try:
+        proc.wait(timeout=20)
+    finally:
+        kill(proc, signal.SIGKILL)
+    assert out.get("status") == 201, out
+    with psycopg.connect(demo_url.replace("+psycopg", "")) as c:
+        assert c.execute("SELECT code FROM incident WHERE idempotency_key = %s", (key,)).fetchone() == (out["body"]["code"],)
