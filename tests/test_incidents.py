@@ -421,6 +421,34 @@ def test_the_command_centre_edits_its_districts_catalogue(app, centre, worker, g
         assert r.status_code == status and (field is None or r.json["field"] == field), (extra, r.json)
 
 
+def test_an_incident_is_named_as_its_districts_catalogue_names_its_category(app, centre, worker, g):
+    """A district that renames a default category in its own catalogue sees its name on its
+    incidents: in the report's answer, the incident read back, the list and the area summary."""
+    from gisgrid.layers.incidents import CATEGORIES
+
+    body = {"name": "邻里噪声（本区）", "sla_hours": {"reported": 2, "handling": 48}}
+    r = centre.put("/api/categories/noise", json=body, headers={"X-CSRFToken": csrf(centre)})
+    assert r.status_code == 200, r.json
+    try:
+        made = file_report(worker, g, category="noise", description="named by the district")
+        assert made.status_code == 201, made.json
+        code = made.json["code"]
+        assert made.json["category_name"] == "邻里噪声（本区）" != CATEGORIES["noise"]
+        assert worker.get(f"/api/incidents/{code}").json["category_name"] == "邻里噪声（本区）"
+        listed = {i["code"]: i for i in worker.get("/api/incidents?category=noise").json["items"]}
+        assert listed[code]["category_name"] == "邻里噪声（本区）"
+        area = centre.get(f"/api/areas/{g['code']}/summary").json
+        assert {c["category"]: c["name"] for c in area["by_category"]}["noise"] == "邻里噪声（本区）"
+        assert {i["code"]: i["category_name"] for i in area["recent"]}[code] == "邻里噪声（本区）"
+        # another category of the same incidents keeps the default catalogue's name
+        other = file_report(worker, g, category="gas").json
+        assert other["category_name"] == CATEGORIES["gas"]
+    finally:
+        with app.extensions["gisgrid"]["sessions"]() as s:
+            s.execute(text("DELETE FROM incident_category WHERE code = 'noise' AND district_code IS NOT NULL"))
+            s.commit()
+
+
 def test_report_quota_is_counted_in_the_statement_and_refuses_past_it(app, g):
     """GISGRID_REPORT_LIMIT per user: the report's own statement counts the attempt; past the
     limit the answer is 429 with Retry-After and the rate-limit headers, and nothing is written.

@@ -238,7 +238,7 @@ def report_body(session, actor: str, *, category, lon, lat, crs="EPSG:4326", des
     x, y = lonlat_to_storage(lon, lat, crs)
     crs = canonical(crs)        # gcj02, bd09 or EPSG:n, as stored in input_crs
     params = {
-        "key": idempotency_key, "cat": category, "catname": CATEGORIES.get(category, category) if isinstance(category, str) else None,
+        "key": idempotency_key, "cat": category,
         "descr": description or "", "addr": address, "src": source,
         "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": x, "y": y, "actor": actor,
         "m": duplicate_metres, "s": duplicate_hours * 3600,
@@ -328,7 +328,7 @@ def _report_sql(quota: bool) -> str:
     WITH {f"quota AS ({HIT_SQL})," if quota else ""}
     src AS (SELECT CAST(NULL AS integer) AS id, ST_SetSRID(ST_MakePoint(:x, :y), 4326) AS pt),
     loc AS ({LOCATE_SQL}),
-    cat AS (SELECT c.sla_hours FROM incident_category c, loc
+    cat AS (SELECT c.sla_hours, c.name FROM incident_category c, loc
             WHERE c.code = :cat AND c.active AND (c.district_code = loc.district_code OR c.district_code IS NULL)
             ORDER BY c.district_code NULLS LAST LIMIT 1),
     ins AS (
@@ -354,7 +354,17 @@ def _report_sql(quota: bool) -> str:
               FROM ins)
     SELECT {"q.count AS quota_count, q.reset AS quota_reset," if quota else ""}
            CAST(CASE WHEN i.id IS NOT NULL THEN {_new_incident_json()} END AS text) AS answer
-    FROM {"quota" if quota else "(SELECT)"} q LEFT JOIN (ins i CROSS JOIN loc l) ON true"""
+    FROM {"quota" if quota else "(SELECT)"} q LEFT JOIN (ins i CROSS JOIN loc l CROSS JOIN cat k) ON true"""
+
+
+def category_name_sql(category: str, district: str) -> str:
+    """An SQL expression: the name of category ``category`` (SQL) in the catalogue of district
+    ``district`` (SQL): as a report picks the entry (the district's own active one, else the
+    default catalogue's), then an inactive one (an incident keeps its category's name after the
+    category is retired); else the code."""
+    return (f"coalesce((SELECT c.name FROM incident_category c WHERE c.code = {category} "
+            f"AND (c.district_code = {district} OR c.district_code IS NULL) "
+            f"ORDER BY c.active DESC, c.district_code NULLS LAST LIMIT 1), {category})")
 
 
 def _iso_sql(t: str) -> str:
@@ -366,8 +376,8 @@ def _iso_sql(t: str) -> str:
 
 def _new_incident_json() -> str:
     """An SQL expression, inside :func:`_report_sql`'s last SELECT: the answer to a report, the
-    JSON :func:`detail` gives of the incident ``i`` just inserted (link ``l``, first event
-    ``event``), plus its possible duplicates. A new incident has no assignee, no merge, no
+    JSON :func:`detail` gives of the incident ``i`` just inserted (link ``l``, its category's
+    catalogue entry ``k``, first event ``event``), plus its possible duplicates. A new incident has no assignee, no merge, no
     photos, its state is ``reported`` and its first deadline is ahead. Built by the statement so
     the server passes the text on: no JSON parsed or written in Python on the hot path.
     ``test_report_answer_is_the_incident_as_read_back`` holds it to :func:`detail`, field for
@@ -384,7 +394,7 @@ def _new_incident_json() -> str:
              + [f"'{c}', {_iso_sql('i.' + c)}" for c in times]
              + ["'lon', ST_X(i.geom)", "'lat', ST_Y(i.geom)", "'assignee', NULL", "'assignee_name', NULL",
                 "'merged_into', NULL", "'overdue', false", "'photos', json_build_array()",
-                "'category_name', CAST(:catname AS text)", f"'state_name', '{STATES['reported']}'",
+                "'category_name', k.name", f"'state_name', '{STATES['reported']}'",
                 f"'allowed', json_build_array({allowed})",
                 "'events', (SELECT json_agg(json_build_object('at', e.at, 'actor', e.actor, 'from_state', "
                 "e.from_state, 'to_state', e.to_state, 'note', e.note)) FROM event e)",
@@ -398,7 +408,8 @@ _DETAIL_COLUMNS = (
     "i.accuracy_m, i.input_crs, i.reported_at, i.updated_at, i.deadline, i.closed_at, i.satisfaction, "
     "i.evaluation_comment, l.grid_id, l.grid_code, l.community_code, l.street_code, l.district_code, "
     "ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat, s.code AS assignee, s.name AS assignee_name, m.code AS merged_into, "
-    "(i.deadline < now() AND i.state = ANY(:open)) AS overdue "
+    "(i.deadline < now() AND i.state = ANY(:open)) AS overdue, "
+    f"{category_name_sql('i.category', 'l.district_code')} AS category_name "
 )
 _DETAIL_FROM = (
     "FROM incident i LEFT JOIN incident_link l ON l.id = i.id LEFT JOIN staff s ON s.id = i.assignee_id "
@@ -437,7 +448,6 @@ def _detail_out(row) -> dict:
     from gisgrid.workflow import allowed_actions
 
     out = _jsonable(row)
-    out["category_name"] = CATEGORIES.get(out["category"], out["category"])
     out["state_name"] = STATES[out["state"]]
     out["team"] = staff.labelled(out["team"]) if out["grid_id"] else []
     out["allowed"] = allowed_actions(out["state"])

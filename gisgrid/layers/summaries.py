@@ -216,12 +216,17 @@ def summary(session: Session, code: str, principal: authz.Principal, filters: Fi
     out.update(_rates(figures))
     out["by_state"] = [{"state": st, "name": incidents.STATES[st], "n": n}
                        for st, n in sorted(by_state, key=lambda r: (-r[1], list(incidents.STATES).index(r[0])))]
-    out["by_category"] = [{"category": c, "name": incidents.CATEGORIES.get(c, c), "n": n} for c, n in session.execute(
-        text(f"SELECT i.category, count(*) FROM {_INCIDENTS} WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1"), params)]
+    # named as the catalogue of the selection's district names them (the default one's names
+    # when the selection spans districts)
+    name = incidents.category_name_sql("i.category", "CASE WHEN min(l.district_code) = max(l.district_code) "
+                                                     "THEN min(l.district_code) END")
+    out["by_category"] = [{"category": c, "name": nm, "n": n} for c, nm, n in session.execute(
+        text(f"SELECT i.category, {name}, count(*) FROM {_INCIDENTS} WHERE {where} GROUP BY 1 ORDER BY 3 DESC, 1"),
+        params)]
     out["recent"] = [dict(r, state_name=incidents.STATES[r["state"]],
-                          category_name=incidents.CATEGORIES.get(r["category"], r["category"]),
                           reported_at=r["reported_at"].isoformat()) for r in session.execute(text(
-        "SELECT i.code, i.state, i.category, i.reported_at, i.address, ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat "
+        f"SELECT i.code, i.state, i.category, {incidents.category_name_sql('i.category', 'l.district_code')} "
+        "AS category_name, i.reported_at, i.address, ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat "
         f"FROM {_INCIDENTS} WHERE {where} ORDER BY i.reported_at DESC, i.id DESC LIMIT {RECENT}"), params).mappings()]
     out["team"] = staff.team(session, a["id"]) if a["level"] == "grid" else []
     if level != "grid":
