@@ -78,38 +78,72 @@ def test_database_restart(own_cluster):
     app.extensions["gisgrid"]["engine"].dispose()
 
 
-def test_thread_connections_replace_a_connection_that_died_while_idle(db_url):
-    """A per-thread connection whose backend went away while it sat idle (a restart, an admin's
-    pg_terminate_backend) is noticed by the ping after idleness and replaced before use; one in
-    steady use is handed back as it is; each thread has its own; dispose closes them all."""
-    import threading
+def _conn(conns):
+    """The connection ``conns`` hands out next (and takes back at once)."""
+    return conns.run(lambda c: c)
 
+
+def test_direct_connections_replace_a_connection_that_died_while_idle(db_url):
+    """A direct connection whose backend went away while it sat idle (a restart, an admin's
+    pg_terminate_backend) is noticed by the ping after idleness and replaced before use; one in
+    steady use is handed back as it is; two calls at once have one each; dispose closes them all."""
     import psycopg
 
     from gisgrid.db import engine as db_engine
 
     eng = make_engine(db_url)
-    conns = db_engine.ThreadConnections(eng, application_name="gisgrid test")
+    conns = db_engine.DirectConnections(eng, application_name="gisgrid test")
     try:
-        first = conns.get()
-        assert conns.get() is first and first.execute("SELECT 1").fetchone() == (1,)
+        first = _conn(conns)
+        assert _conn(conns) is first and conns.run(lambda c: c.execute("SELECT 1").fetchone()) == (1,)
         with psycopg.connect(db_engine.libpq_url(eng), autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (first.info.backend_pid,))
         time.sleep(db_engine.PING_AFTER_IDLE_S + 0.2)
-        second = conns.get()
+        second = _conn(conns)
         assert second is not first and first.closed
-        assert second.execute("SELECT 1").fetchone() == (1,)
-        other = []
-        t = threading.Thread(target=lambda: other.append(conns.get()))
-        t.start()
-        t.join()
-        assert other[0] is not second and other[0].info.backend_pid != second.info.backend_pid
+        assert conns.run(lambda c: c.execute("SELECT 1").fetchone()) == (1,)
+        inner = conns.run(lambda outer: (outer, _conn(conns)))      # a call while another holds one
+        assert inner[0] is second and inner[1] is not second
+        assert inner[1].info.backend_pid != second.info.backend_pid and conns.open_connections() == 2
     finally:
         eng.dispose()
-    assert second.closed and other[0].closed
+    assert second.closed and inner[1].closed and conns.open_connections() == 0
 
 
-def test_thread_connections_do_not_retry_a_statement_that_timed_out(db_url):
+def test_direct_connections_do_not_pile_up_as_threads_come_and_go(db_url):
+    """The server's threads end when idle and new ones start: calls made one after another from
+    40 short-lived threads share one connection (a connection per thread left each ended
+    thread's connection open), and 8 threads calling at once make at most 8."""
+    import threading
+
+    from gisgrid.db import engine as db_engine
+
+    eng = make_engine(db_url)
+    conns = db_engine.DirectConnections(eng, application_name="gisgrid test")
+    try:
+        for _ in range(40):
+            t = threading.Thread(target=lambda: conns.run(lambda c: c.execute("SELECT 1")))
+            t.start()
+            t.join()
+        assert conns.open_connections() == 1
+        barrier = threading.Barrier(8)
+        threads = [threading.Thread(target=lambda: conns.run(lambda c: (barrier.wait(10), c.execute("SELECT 1"))))
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert conns.open_connections() == 8
+        for _ in range(40):
+            t = threading.Thread(target=lambda: conns.run(lambda c: c.execute("SELECT 1")))
+            t.start()
+            t.join()
+        assert conns.open_connections() == 8
+    finally:
+        eng.dispose()
+
+
+def test_direct_connections_do_not_retry_a_statement_that_timed_out(db_url):
     """A statement cancelled by its timeout (``QueryCanceled``, an ``OperationalError``) on a
     connection that is still up is raised once, not run again, and the connection is kept; a
     connection that broke is replaced and, with ``retry``, the work runs again on the new one."""
@@ -118,18 +152,18 @@ def test_thread_connections_do_not_retry_a_statement_that_timed_out(db_url):
     from gisgrid.db import engine as db_engine
 
     eng = make_engine(db_url)
-    conns = db_engine.ThreadConnections(eng, application_name="gisgrid test", statement_timeout_ms=200)
+    conns = db_engine.DirectConnections(eng, application_name="gisgrid test", statement_timeout_ms=200)
     runs = []
 
     def slow(conn):
         runs.append(conn)
         return conn.execute("SELECT pg_sleep(2)").fetchone()
     try:
-        first = conns.get()
+        first = _conn(conns)
         with pytest.raises(psycopg.errors.QueryCanceled):
             conns.run(slow, retry=True)
-        assert runs == [first] and not first.closed and conns.get() is first
-        assert first.execute("SELECT 1").fetchone() == (1,)
+        assert runs == [first] and not first.closed and _conn(conns) is first
+        assert conns.run(lambda c: c.execute("SELECT 1").fetchone()) == (1,)
 
         def dies_once(conn):
             runs.append(conn)
@@ -138,7 +172,7 @@ def test_thread_connections_do_not_retry_a_statement_that_timed_out(db_url):
                     admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
             return conn.execute("SELECT 1").fetchone()
         assert conns.run(dies_once, retry=True) == (1,)
-        assert runs[1] is first and first.closed and runs[2] is not first and conns.get() is runs[2]
+        assert runs[1] is first and first.closed and runs[2] is not first and _conn(conns) is runs[2]
     finally:
         eng.dispose()
 

@@ -83,52 +83,68 @@ def _connect_args(statement_timeout_ms: int | None = None, server_settings: dict
     return args
 
 
-class ThreadConnections:
-    """One autocommitted psycopg connection per thread, for hot paths whose whole work is one
-    statement (a field report, a rate-limit hit): a pool checkout, an ORM session and their
-    reset on return cost more CPU than such a statement. Made on first use, pinged when it sat
-    idle longer than ``PING_AFTER_IDLE_S`` (as the engine's pool does), replaced after an error;
-    all closed when ``engine`` is disposed."""
+class DirectConnections:
+    """Autocommitted psycopg connections for hot paths whose whole work is one statement (a
+    field report, a rate-limit hit): a pool checkout, an ORM session and their reset on return
+    cost more CPU than such a statement. :meth:`run` hands out an idle connection, the one used
+    last first (its statements are prepared already), or makes one when none is idle, and takes
+    it back afterwards; so there are at most as many as calls ever ran at once (a worker's
+    threads), whichever threads make the calls. (They were once kept per thread: the server's
+    threads come and go, Granian ends one idle for 30 s, and each new thread opened another
+    connection while the old one stayed open.) A connection that sat idle longer than
+    ``PING_AFTER_IDLE_S`` is pinged first (as the engine's pool does) and replaced if dead; one
+    that broke under its work is closed. All are closed when ``engine`` is disposed."""
 
     def __init__(self, engine: Engine, *, application_name: str, statement_timeout_ms: int | None = None):
         import threading
 
         self._url = libpq_url(engine)
-        self._args = {**_connect_args(statement_timeout_ms), "application_name": application_name}
-        self._local = threading.local()
-        self._all: list = []
+        # prepared at first use: every statement run here repeats (psycopg's default waits for
+        # the fifth run, and each of the four before is parsed and planned by the server anew)
+        self._args = {**_connect_args(statement_timeout_ms), "application_name": application_name,
+                      "prepare_threshold": 0}
+        self._idle: list = []           # (connection, monotonic time it was handed back), last used at the end
+        self._all: set = set()
         self._lock = threading.Lock()
         event.listen(engine, "engine_disposed", lambda _engine: self.close_all())
 
-    def get(self):
-        """This thread's connection, alive as far as a ping after idleness can tell."""
+    def _checkout(self):
         import psycopg
 
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and not (conn.closed or conn.broken) \
-                and time.monotonic() - self._local.used > PING_AFTER_IDLE_S:
+        with self._lock:
+            conn, used = self._idle.pop() if self._idle else (None, 0.0)
+        if conn is not None and time.monotonic() - used > PING_AFTER_IDLE_S:
             try:
                 conn.execute("")
             except psycopg.Error:
                 conn.close()
         if conn is None or conn.closed or conn.broken:
-            conn = self._local.conn = psycopg.connect(self._url, autocommit=True, **self._args)
+            if conn is not None:
+                with self._lock:
+                    self._all.discard(conn)
+            conn = psycopg.connect(self._url, autocommit=True, **self._args)
             with self._lock:
-                self._all = [c for c in self._all if not c.closed] + [conn]
-        self._local.used = time.monotonic()
+                self._all.add(conn)
         return conn
 
+    def _checkin(self, conn) -> None:
+        with self._lock:
+            if conn.closed or conn.broken:
+                self._all.discard(conn)
+            else:
+                self._idle.append((conn, time.monotonic()))
+
     def run(self, work, *, retry: bool = False):
-        """``work(connection)`` on this thread's connection. A connection that broke under it
-        (``psycopg.OperationalError`` and the connection lost: the database went away) is
-        closed; with ``retry`` the work is tried once more on a new one (only for work that may
-        safely run twice). An operational error on a connection still up (a statement timeout,
-        a cancel: ``QueryCanceled`` is one) is raised at once and the connection kept: running
-        the statement again would only time out again."""
+        """``work(connection)`` on a connection of its own for the call. A connection that
+        broke under it (``psycopg.OperationalError`` and the connection lost: the database
+        went away) is closed; with ``retry`` the work is tried once more on a new one (only for
+        work that may safely run twice). An operational error on a connection still up (a
+        statement timeout, a cancel: ``QueryCanceled`` is one) is raised at once and the
+        connection kept: running the statement again would only time out again."""
         import psycopg
 
         for attempt in (1, 2):
-            conn = self.get()
+            conn = self._checkout()
             try:
                 return work(conn)
             except psycopg.OperationalError:
@@ -137,10 +153,17 @@ class ThreadConnections:
                 conn.close()
                 if attempt == 2 or not retry:
                     raise
+            finally:
+                self._checkin(conn)
+
+    def open_connections(self) -> int:
+        """How many connections are open (idle or in use)."""
+        with self._lock:
+            return len(self._all)
 
     def close_all(self) -> None:
         with self._lock:
-            conns, self._all = self._all, []
+            conns, self._all, self._idle = self._all, set(), []
         for c in conns:
             c.close()
 
@@ -149,10 +172,10 @@ class PooledConnections:
     """The psycopg connections of ``engine``'s pool, without an ORM session or a SQLAlchemy
     connection around them, for work that prepares its statements: make the engine with
     ``pool_use_lifo=True``, so the connection handed out is the one used last, which has the
-    statements of recent requests prepared already (with a connection per thread, as
-    :class:`ThreadConnections` keeps, each of a worker's threads parses each statement
-    itself: 1-3 ms for a tile statement, 30 ms for a new backend's first). The engine's checkout
-    ping after idleness applies. ``run`` has :meth:`ThreadConnections.run`'s contract."""
+    statements of recent requests prepared already (with a connection per thread, each of a
+    worker's threads would parse each statement itself: 1-3 ms for a tile statement, 30 ms for
+    a new backend's first). The engine's checkout ping after idleness applies. ``run`` has
+    :meth:`DirectConnections.run`'s contract."""
 
     def __init__(self, engine: Engine):
         self._engine = engine
@@ -183,7 +206,7 @@ class PooledConnections:
 
 def libpq_url(engine: Engine) -> str:
     """The engine's database as a plain libpq URL, for connections made with psycopg directly
-    (a LISTEN connection, :class:`ThreadConnections`)."""
+    (a LISTEN connection, :class:`DirectConnections`)."""
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 

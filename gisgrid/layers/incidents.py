@@ -212,7 +212,7 @@ def report_body(session, actor: str, *, category, lon, lat, crs="EPSG:4326", des
     its count and window end.
 
     ``conn``: an autocommitted psycopg connection to run the statement on, instead of
-    ``session`` (the web app's per-thread connection: no pool checkout, no ORM round about a
+    ``session`` (one of the web app's direct connections: no pool checkout, no ORM round about a
     single statement); ``session`` is then used only when nothing was written (a retry, an
     unknown category), to say why, and may be a callable that makes it (a session costs
     about 0.13 ms to make and close, 4% of a report's server time).

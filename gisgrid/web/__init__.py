@@ -11,7 +11,7 @@ from gisgrid import config
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the app. ``overrides`` are :class:`gisgrid.config.Settings` fields layered on the
     environment (tests pass ``database_url`` and ``home``)."""
-    from gisgrid.db.engine import PooledConnections, ThreadConnections, database_url, libpq_url, make_engine, make_sessionmaker
+    from gisgrid.db.engine import DirectConnections, PooledConnections, database_url, libpq_url, make_engine, make_sessionmaker
     from gisgrid.web import (api, assets, auth, errors, incidents, onemap, open311, pages, patrol, plans,
                              principals, security, tiles, transfer)
 
@@ -44,8 +44,8 @@ def create_app(overrides: dict | None = None) -> Flask:
                                  "tile_cache": tiles.TileCache(settings.tile_cache_mb * 1024 * 1024),
                                  "principals": principals.PrincipalCache(libpq_url(engine),
                                                                          ttl=settings.auth_cache_seconds),
-                                 # one-statement hot paths (reports, rate-limit hits): a connection per thread
-                                 "thread_connections": ThreadConnections(engine, application_name="gisgrid",
+                                 # one-statement hot paths (reports, rate-limit hits): psycopg connections, last used first
+                                 "direct_connections": DirectConnections(engine, application_name="gisgrid",
                                                                          statement_timeout_ms=30_000),
                                  # tiles and their versions: the tile engine's psycopg connections, last used first
                                  "tile_connections": PooledConnections(tile_engine)}

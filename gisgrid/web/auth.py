@@ -54,7 +54,7 @@ def limited(limit, *, key=None, methods=None):
                 return view(*args, **kwargs)
             who = key() if key is not None else (request.remote_addr or "-")
             quota = rate_limits.Quota.parse(f"{request.endpoint}:{who}", limit() if callable(limit) else limit)
-            conns = current_app.extensions["gisgrid"]["thread_connections"]
+            conns = current_app.extensions["gisgrid"]["direct_connections"]
             conns.run(lambda conn: rate_limits.hit(conn, quota), retry=True)   # counting twice is harmless
             quota.refuse_if_exceeded()
             response = make_response(view(*args, **kwargs))

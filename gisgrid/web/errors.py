@@ -36,7 +36,7 @@ def register(app: Flask) -> None:
         return (jsonify(body), 400) if _wants_json() else (f"<p>{escape(body['message'])}</p>", 400)
 
     @app.errorhandler(OperationalError)
-    @app.errorhandler(psycopg.OperationalError)      # the per-thread connections (reports, rate limits)
+    @app.errorhandler(psycopg.OperationalError)      # the direct connections (reports, rate limits)
     def _db_down(e):
         body = {"error": "DatabaseUnavailable", "message": "the database did not answer in time; retry shortly"}
         return (jsonify(body), 503) if _wants_json() else (f"<p>{body['message']}</p>", 503)

@@ -24,7 +24,7 @@ def healthz():
     """Liveness and database reachability, for load balancers and the tests (no data)."""
     from flask import current_app, jsonify
 
-    current_app.extensions["gisgrid"]["thread_connections"].run(lambda conn: conn.execute("SELECT 1"), retry=True)
+    current_app.extensions["gisgrid"]["direct_connections"].run(lambda conn: conn.execute("SELECT 1"), retry=True)
     return jsonify({"ok": True})
 
 
