@@ -377,8 +377,9 @@ def _iso_sql(t: str) -> str:
 def _new_incident_json() -> str:
     """An SQL expression, inside :func:`_report_sql`'s last SELECT: the answer to a report, the
     JSON :func:`detail` gives of the incident ``i`` just inserted (link ``l``, its category's
-    catalogue entry ``k``, first event ``event``), plus its possible duplicates. A new incident has no assignee, no merge, no
-    photos, its state is ``reported`` and its first deadline is ahead. Built by the statement so
+    catalogue entry ``k``, first event ``event``), plus its possible duplicates. A new incident
+    has no assignee, no merge, no photos, its state is ``reported`` and its first deadline is
+    ahead. Built by the statement so
     the server passes the text on: no JSON parsed or written in Python on the hot path.
     ``test_report_answer_is_the_incident_as_read_back`` holds it to :func:`detail`, field for
     field."""

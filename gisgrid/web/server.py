@@ -5,8 +5,8 @@ Granian, not gunicorn: on this project's report bench (bench/incidents.py, 50 ke
 clients) gunicorn's gthread workers spent 0.57 ms of server CPU per request on the bare stack
 (Flask echoing the body, no database) and Granian 0.27 ms, both 3 workers × 4 threads; under
 the full report load the server's CPU per report fell by a fifth to a quarter, measured in
-alternated runs. HTTP parsing,
-keep-alive and the accept loop run in Rust outside the GIL; only the WSGI call holds it.
+alternated runs. HTTP parsing, keep-alive and the accept loop run in Rust outside the GIL;
+only the WSGI call holds it.
 
 On 2 cores Granian warns at start that cores + 1 workers of 8 threads is more than the cores:
 that is deliberate. A report spends half its time waiting on PostgreSQL, and in alternated
