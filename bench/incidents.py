@@ -9,9 +9,10 @@ district), each with a fresh report token. Then, in one run:
 * gisgrid: ``gisgrid serve`` (Granian, cores + 1 worker processes × 8 threads) as a subprocess
   on a free loopback port, with
   ``GISGRID_REPORT_LIMIT=100000 per minute`` (the default 120 per minute per user would refuse
-  the load). ``--clients`` clients, each with its own keep-alive connection and user (aiohttp
-  coroutines in one event loop: an HTTP client costs CPU on the same 2 cores, and aiohttp's
-  costs about a third of requests'), post reports for ``--seconds`` at deterministic random points inside the demo grids, each with a
+  the load). ``--clients`` clients, each with its own keep-alive connection and user (coroutines
+  in one uvloop event loop, each with a bench/keepalive.py connection: an HTTP client costs CPU
+  on the same 2 cores, this one about 0.16 ms per report, aiohttp's 0.43, requests' 2), post
+  reports for ``--seconds`` at deterministic random points inside the demo grids, each with a
   fresh UUID ``Idempotency-Key``; on a timeout (5 s), a connection error, a 429 or a 5xx the SAME
   request is retried with the SAME key (at most 5 attempts).
 * floor: as many threads, one psycopg connection each, doing the same inserts directly in SQL
@@ -235,91 +236,99 @@ class Result:
             setattr(self, k, v)
 
 
+def _endpoint(url: str):
+    """``(host, port, path)`` of an http:// URL."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    return u.hostname, u.port or 80, u.path or "/"
+
+
 async def field_client(i, token, url, start_at, stop_at, run_id, points, cats, out, errors, timeout=TIMEOUT_S,
                        interval=None, offset=0.0):
-    """One phone: its own keep-alive connection (aiohttp, one event loop for every client, so
-    the clients' own CPU stays small beside the server's on the shared cores). ``interval``:
+    """One phone: its own keep-alive connection (bench/keepalive.py, one event loop for every
+    client, so the clients' own CPU stays small beside the server's on the shared cores). ``interval``:
     start a report every ``interval`` seconds from ``offset`` (the clients spread evenly), or at once when the last one took longer; without it, as fast as answers
     come back."""
-    import aiohttp
+    from keepalive import Connection, ConnectionFailed
 
+    host, port, path = _endpoint(url)
     rng = random.Random(SEED * 1000 + i)
     mine, errs = [], collections.Counter()
-    async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=timeout),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}) as sess:
-        while time.perf_counter() < start_at:
-            await asyncio.sleep(0.001)
-        seq = 0
-        next_at = start_at + offset
-        while time.perf_counter() < stop_at:
-            if interval:
-                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-                next_at += interval
-                if time.perf_counter() >= stop_at:
-                    break
-            seq += 1
-            lon, lat = rng.choice(points)
-            key = str(uuid.uuid4())
-            body = json.dumps({"category": rng.choice(cats), "lon": lon, "lat": lat, "source": "patrol",
-                               "description": f"{PREFIX}:{run_id}:{i}:{seq}", "accuracy_m": 5.0}).encode()
-            t0 = time.perf_counter()
-            first_ms = first_ok = None
-            status, code, attempts = None, None, 0
-            while attempts < MAX_ATTEMPTS:
-                attempts += 1
-                ta = time.perf_counter()
-                kind = None
-                try:
-                    async with sess.post(url, data=body, headers={"Idempotency-Key": key}) as r:
-                        got, data = r.status, await r.read()
-                except TimeoutError:
-                    kind = "timeout"
-                except aiohttp.ClientError:
-                    kind = "connection error"
-                else:
-                    if got in (200, 201):
-                        status, code = got, json.loads(data).get("code")
-                    elif got == 429 or got >= 500:
-                        kind = f"HTTP {got}"
-                    else:                                   # not worth a retry: record and move on
-                        status, kind = got, f"HTTP {got}"
-                if first_ms is None:
-                    first_ms, first_ok = (time.perf_counter() - ta) * 1000, kind is None
-                if kind:
-                    errs[kind] += 1
-                if status is not None:
-                    break
-                await asyncio.sleep(0.05 * attempts)
-            if status is None:
-                errs["gave up after retries"] += 1
-            mine.append(Result(client=i, seq=seq, key=key, status=status, code=code, attempts=attempts,
-                               first_ms=first_ms, first_ok=first_ok, done_ms=(time.perf_counter() - t0) * 1000))
+    conn = Connection(host, port, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    while time.perf_counter() < start_at:
+        await asyncio.sleep(0.001)
+    seq = 0
+    next_at = start_at + offset
+    while time.perf_counter() < stop_at:
+        if interval:
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            next_at += interval
+            if time.perf_counter() >= stop_at:
+                break
+        seq += 1
+        lon, lat = rng.choice(points)
+        key = str(uuid.uuid4())
+        body = json.dumps({"category": rng.choice(cats), "lon": lon, "lat": lat, "source": "patrol",
+                           "description": f"{PREFIX}:{run_id}:{i}:{seq}", "accuracy_m": 5.0}).encode()
+        t0 = time.perf_counter()
+        first_ms = first_ok = None
+        status, code, attempts = None, None, 0
+        while attempts < MAX_ATTEMPTS:
+            attempts += 1
+            ta = time.perf_counter()
+            kind = None
+            try:
+                async with asyncio.timeout(timeout):
+                    got, data = await conn.request("POST", path, body, {"Idempotency-Key": key})
+            except TimeoutError:
+                kind = "timeout"
+            except ConnectionFailed:
+                kind = "connection error"
+            else:
+                if got in (200, 201):
+                    status, code = got, json.loads(data).get("code")
+                elif got == 429 or got >= 500:
+                    kind = f"HTTP {got}"
+                else:                                   # not worth a retry: record and move on
+                    status, kind = got, f"HTTP {got}"
+            if first_ms is None:
+                first_ms, first_ok = (time.perf_counter() - ta) * 1000, kind is None
+            if kind:
+                errs[kind] += 1
+            if status is not None:
+                break
+            await asyncio.sleep(0.05 * attempts)
+        if status is None:
+            errs["gave up after retries"] += 1
+        mine.append(Result(client=i, seq=seq, key=key, status=status, code=code, attempts=attempts,
+                           first_ms=first_ms, first_ok=first_ok, done_ms=(time.perf_counter() - t0) * 1000))
+    conn.close()
     out.extend(mine)
     errors.update(errs)
 
 
 async def health_client(url, stop_at, out):
-    import aiohttp
+    from keepalive import Connection, ConnectionFailed
 
+    host, port, path = _endpoint(url)
     mine = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
-                                     timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as sess:
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            try:
-                async with sess.get(url) as r:
-                    await r.read()
-                    ok = r.status == 200
-            except (TimeoutError, aiohttp.ClientError):
-                ok = False
-            if ok:
-                mine.append((time.perf_counter() - t0) * 1000)
+    conn = Connection(host, port)
+    while time.perf_counter() < stop_at:
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                ok = (await conn.request("GET", path))[0] == 200
+        except (TimeoutError, ConnectionFailed):
+            ok = False
+        if ok:
+            mine.append((time.perf_counter() - t0) * 1000)
+    conn.close()
     out.extend(mine)
 
 
 def run_clients(coroutines, start_at, meter):
-    """Run the client coroutines in one event loop; sample CPU when they begin together at
+    """Run the client coroutines in one event loop (uvloop's); sample CPU when they begin together at
     ``start_at`` and when the last has finished; the two samples."""
     async def go():
         tasks = [asyncio.ensure_future(c) for c in coroutines]
@@ -328,7 +337,9 @@ def run_clients(coroutines, start_at, meter):
         c0 = meter.sample()
         await asyncio.gather(*tasks)
         return c0, meter.sample()
-    return asyncio.run(go())
+    import uvloop        # libuv's event loop: a sixth less client CPU per report than asyncio's here
+
+    return uvloop.run(go())
 
 
 def db_counters(dsn):
@@ -650,7 +661,7 @@ def main() -> None:
         if args.profile:
             profile(Session, tokens, points, cats, args.profile)
 
-        log(f"\ngisgrid: POST /api/incidents, {args.clients} clients (aiohttp, one keep-alive connection each)")
+        log(f"\ngisgrid: POST /api/incidents, {args.clients} clients (bench/keepalive.py, one keep-alive connection each)")
         res, errs, g_secs, g_cpu, ceiling, xacts = run_gisgrid(args, tokens, points, cats, run_id, home, postmaster,
                                                                dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:

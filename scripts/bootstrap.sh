@@ -37,7 +37,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
 fi
-if [ "$what" = bench ] && ! .venv/bin/python -c "import aiohttp, gerrychain, spopt, pymetis" 2>/dev/null; then
+if [ "$what" = bench ] && ! .venv/bin/python -c "import httptools, uvloop, gerrychain, spopt, pymetis" 2>/dev/null; then
   echo "installing the bench extras into .venv"
   .venv/bin/pip install -q -e '.[test,bench]'
 fi
