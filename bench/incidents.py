@@ -15,13 +15,17 @@ district), each with a fresh report token. Then, in one run:
   reports for ``--seconds`` at deterministic random points inside the demo grids, each with a
   fresh UUID ``Idempotency-Key``; on a timeout (5 s), a connection error, a 429 or a 5xx the SAME
   request is retried with the SAME key (at most 5 attempts).
-* floor: as many threads, one psycopg connection each, doing the same inserts directly in SQL
-  for the same time: one transaction of INSERT incident, the link row as gisgrid computes it
-  (``linking.LOCATE_SQL``: lateral grid lookup, lowest code, admin codes) and the
-  incident_event row.
-* gisgrid paced (``--paced-seconds``, default 30): the same clients, each posting one report
-  every ``clients / rate`` seconds, where rate is half the floor's throughput (the goal's), on
-  a table emptied of the first two runs' rows again. Posting again the moment an answer comes
+* floor: as many threads, one psycopg connection each (open from the first block to the last),
+  doing the same inserts directly in SQL for the same time: one transaction of INSERT incident,
+  the link row as gisgrid computes it (``linking.LOCATE_SQL``: lateral grid lookup, lowest
+  code, admin codes) and the incident_event row. gisgrid and the floor take turns, in
+  ``--blocks`` blocks each (default 6: 10 s of gisgrid, 10 s of the floor, …): this machine's
+  speed drifts by a third from one minute to the next, and a minute of one then a minute of
+  the other measured that drift as much as the two.
+* gisgrid paced (``--paced-seconds``, default 30): the same clients, against the same server
+  (not restarted: see bench/README.md), each posting one report every ``clients / rate``
+  seconds, where rate is half the floor's throughput (the goal's), on a table emptied of the
+  first runs' rows again. Posting again the moment an answer comes
   back makes latency pure queueing (mean latency = clients / throughput: 100 ms at 500/s for
   50 clients), so the p95 goal is read here, at the goal's throughput, and beside it as fast as
   answered.
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import random
@@ -245,20 +250,21 @@ def _endpoint(url: str):
 
 
 async def field_client(i, token, url, start_at, stop_at, run_id, points, cats, out, errors, timeout=TIMEOUT_S,
-                       interval=None, offset=0.0):
+                       interval=None, offset=0.0, first_seq=0):
     """One phone: its own keep-alive connection (bench/keepalive.py, one event loop for every
     client, so the clients' own CPU stays small beside the server's on the shared cores). ``interval``:
     start a report every ``interval`` seconds from ``offset`` (the clients spread evenly), or at once when the last one took longer; without it, as fast as answers
-    come back."""
+    come back. ``first_seq``: the sequence number before this call's first report (a client's
+    numbers continue over the blocks of one run)."""
     from keepalive import Connection, ConnectionFailed
 
     host, port, path = _endpoint(url)
-    rng = random.Random(SEED * 1000 + i)
+    rng = random.Random(SEED * 1000 + i + first_seq)
     mine, errs = [], collections.Counter()
     conn = Connection(host, port, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     while time.perf_counter() < start_at:
         await asyncio.sleep(0.001)
-    seq = 0
+    seq = first_seq
     next_at = start_at + offset
     while time.perf_counter() < stop_at:
         if interval:
@@ -360,58 +366,79 @@ def _answers(url: str) -> bool:
         return False
 
 
-def run_gisgrid(args, tokens, points, cats, run_id, home, postmaster, dsn=None, rate=None, seconds=None):
-    """``rate``: reports per second offered in all, spread evenly over the clients (paced);
-    without it the clients post as fast as they are answered. ``seconds``: instead of
-    ``args.seconds``."""
-    port = free_port()
-    env = dict(os.environ, GISGRID_PORT=str(port), GISGRID_HOST="127.0.0.1")
-    logpath = home / "serve.log"
-    logfh = open(logpath, "w")
-    proc = subprocess.Popen(gisgrid_cmd("serve"), env=env, stdout=logfh, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
+class GisgridServer:
+    """``gisgrid serve`` as a subprocess on a free loopback port, for the runs of one bench: the
+    paced run reuses the server of the first (a server that has been up and serving, as in the
+    field; a server's first second – new database connections, the first plans, callers not yet
+    remembered – is not what the goal is about; see the README)."""
+
+    def __init__(self, home):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, GISGRID_PORT=str(self.port), GISGRID_HOST="127.0.0.1")
+        self.logpath = home / "serve.log"
+        self.logfh = open(self.logpath, "w")
+        self.proc = subprocess.Popen(gisgrid_cmd("serve"), env=env, stdout=self.logfh, stderr=subprocess.STDOUT)
+
+    def __enter__(self):
         t0 = time.perf_counter()
-        while not _answers(base + "/healthz"):
-            if proc.poll() is not None:
-                sys.exit(f"gisgrid serve exited ({proc.returncode}); see {logpath}")
+        while not _answers(self.base + "/healthz"):
+            if self.proc.poll() is not None:
+                sys.exit(f"gisgrid serve exited ({self.proc.returncode}); see {self.logpath}")
             if time.perf_counter() - t0 > 60:
-                sys.exit(f"gisgrid serve did not answer /healthz in 60 s; see {logpath}")
+                sys.exit(f"gisgrid serve did not answer /healthz in 60 s; see {self.logpath}")
             time.sleep(0.2)
-        log(f"gisgrid serve ({open(logpath).readline().split('(')[-1].rstrip().rstrip(')')}) up at {base} in "
+        log(f"gisgrid serve ({open(self.logpath).readline().split('(')[-1].rstrip().rstrip(')')}) up at {self.base} in "
             f"{time.perf_counter() - t0:.1f} s, "
             f"GISGRID_REPORT_LIMIT={os.environ['GISGRID_REPORT_LIMIT']!r}")
         time.sleep(1.0)                 # the workers' auth listeners connect
-        out, errors = [], collections.Counter()
-        start_at = time.perf_counter() + 0.5
-        stop_at = start_at + (seconds or args.seconds)
-        interval = args.clients / rate if rate else None
-        clients = [field_client(i, tokens[i][1], base + "/api/incidents", start_at, stop_at, run_id, points, cats,
-                                out, errors, args.timeout, interval, i * (interval or 0) / args.clients)
-                   for i in range(args.clients)]
-        x0 = db_counters(dsn) if dsn else None
-        meter = CpuMeter(proc.pid, postmaster)
-        c0, c1 = run_clients(clients, start_at, meter)
-        elapsed = c1[3] - start_at
-        time.sleep(2.0)                 # backends flush their statistics at most once a second
-        xacts = [b - a for a, b in zip(x0, db_counters(dsn))] if dsn else None
-        ceiling = None
-        if args.ceiling > 0 and not rate:       # what the server + Flask + one SELECT 1 do on this machine
-            lat = []
-            h_start = time.perf_counter() + 0.2
-            h0, h1 = run_clients([health_client(base + "/healthz", h_start + args.ceiling, lat)
-                                  for _ in range(args.clients)], h_start, meter)
-            ceiling = (len(lat) / (h1[3] - h0[3]), pct(lat, 50), pct(lat, 95), CpuMeter.line(h0, h1, len(lat)))
-        answered = sum(1 for r in out if r.status in (200, 201))
-        return out, errors, elapsed, CpuMeter.line(c0, c1, answered), ceiling, xacts
-    finally:
-        proc.terminate()
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
         try:
-            proc.wait(15)
+            self.proc.wait(15)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        logfh.close()
+            self.proc.kill()
+            self.proc.wait()
+        self.logfh.close()
+
+
+def run_gisgrid(args, server, tokens, points, cats, run_id, postmaster, dsn=None, rate=None, seconds=None,
+                first_seq=0):
+    """The clients against ``server`` (a :class:`GisgridServer`). ``rate``: reports per second
+    offered in all, spread evenly over the clients (paced); without it the clients post as fast
+    as they are answered. ``seconds``: instead of ``args.seconds``. Returns the results, errors
+    by kind, seconds, the CPU samples at start and end, and the pg_stat_database deltas."""
+    base = server.base
+    out, errors = [], collections.Counter()
+    start_at = time.perf_counter() + 0.5
+    stop_at = start_at + (seconds or args.seconds)
+    interval = args.clients / rate if rate else None
+    clients = [field_client(i, tokens[i][1], base + "/api/incidents", start_at, stop_at, run_id, points, cats,
+                            out, errors, args.timeout, interval, i * (interval or 0) / args.clients, first_seq)
+               for i in range(args.clients)]
+    x0 = db_counters(dsn) if dsn else None
+    c0, c1 = run_clients(clients, start_at, CpuMeter(server.proc.pid, postmaster))
+    elapsed = c1[3] - start_at
+    time.sleep(1.5)                 # backends flush their statistics at most once a second
+    xacts = [b - a for a, b in zip(x0, db_counters(dsn))] if dsn else None
+    return out, errors, elapsed, (c0, c1), xacts
+
+
+def run_ceiling(args, server, postmaster):
+    """What the server + Flask + one SELECT 1 do on this machine: GET /healthz for
+    ``args.ceiling`` seconds with the same clients."""
+    lat = []
+    h_start = time.perf_counter() + 0.2
+    h0, h1 = run_clients([health_client(server.base + "/healthz", h_start + args.ceiling, lat)
+                          for _ in range(args.clients)], h_start, CpuMeter(server.proc.pid, postmaster))
+    return len(lat) / (h1[3] - h0[3]), pct(lat, 50), pct(lat, 95), CpuMeter.line(h0, h1, len(lat))
+
+
+def summed(pairs):
+    """CPU samples ``(start, end)`` of several blocks as one pair (what :meth:`CpuMeter.line` reads)."""
+    return (0.0,) * 4, tuple(sum(b[i] - a[i] for a, b in pairs) for i in range(4))
 
 
 def run_bare_stack(args, points, cats, run_id):
@@ -499,45 +526,88 @@ def floor_sql():
     return insert, link, event
 
 
-def floor_client(i, dsn, start_at, stop_at, run_id, points, cats, out, errors, lock):
+def floor_client(i, dsn, pool, run_id, points, cats, out, errors, lock):
+    """One floor thread: one connection for the whole bench, inserting during each window
+    ``pool`` opens (:class:`FloorPool`), idle between them."""
     import psycopg
 
     insert, link, event = floor_sql()
     rng = random.Random(SEED * 1000 + i)
-    mine, errs = [], collections.Counter()
     with psycopg.connect(dsn, autocommit=True) as conn:
+        seq = 0
+        for start_at, stop_at in pool.windows():
+            mine, errs = [], collections.Counter()
+            while time.perf_counter() < start_at:
+                time.sleep(0.001)
+            while time.perf_counter() < stop_at:
+                seq += 1
+                lon, lat = rng.choice(points)
+                p = {"code": f"FL{run_id}{i:03d}{seq:07d}", "key": str(uuid.uuid4()), "cat": rng.choice(cats),
+                     "descr": f"{FLOOR_PREFIX}:{run_id}:{i}:{seq}", "rep": f"bench-field-{i:02d}", "x": lon, "y": lat}
+                t0 = time.perf_counter()
+                try:
+                    with conn.transaction():
+                        p["id"] = conn.execute(insert, p).fetchone()[0]
+                        conn.execute(link, p)
+                        conn.execute(event, p)
+                except psycopg.Error as e:
+                    errs[type(e).__name__] += 1
+                    continue
+                mine.append((p["key"], (time.perf_counter() - t0) * 1000))
+            with lock:
+                out.extend(mine)
+                errors.update(errs)
+            pool.finished()
+
+
+class FloorPool:
+    """The floor's threads, each with its connection open from the first window to the last
+    (so no window pays for connecting), inserting only inside the windows :meth:`run` opens."""
+
+    def __init__(self, args, dsn, points, cats, run_id):
+        self.out, self.errors, self.lock = [], collections.Counter(), threading.Lock()
+        self._cond = threading.Condition()
+        self._window, self._generation, self._closed = None, 0, False
+        self._done = threading.Semaphore(0)
+        self.threads = [threading.Thread(target=floor_client, daemon=True,
+                                         args=(i, dsn, self, run_id, points, cats, self.out, self.errors, self.lock))
+                        for i in range(args.clients)]
+        for t in self.threads:
+            t.start()
+
+    def windows(self):
+        """For a thread: each window as ``(start_at, stop_at)``, until :meth:`close`."""
+        seen = 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or self._generation != seen)
+                if self._closed:
+                    return
+                seen, window = self._generation, self._window
+            yield window
+
+    def finished(self):
+        self._done.release()
+
+    def run(self, seconds, meter):
+        """One window of ``seconds``; the CPU samples at its start and once every thread is done."""
+        start_at = time.perf_counter() + 0.3
+        with self._cond:
+            self._window, self._generation = (start_at, start_at + seconds), self._generation + 1
+            self._cond.notify_all()
         while time.perf_counter() < start_at:
             time.sleep(0.001)
-        seq = 0
-        while time.perf_counter() < stop_at:
-            seq += 1
-            lon, lat = rng.choice(points)
-            p = {"code": f"FL{run_id}{i:03d}{seq:07d}", "key": str(uuid.uuid4()), "cat": rng.choice(cats),
-                 "descr": f"{FLOOR_PREFIX}:{run_id}:{i}:{seq}", "rep": f"bench-field-{i:02d}", "x": lon, "y": lat}
-            t0 = time.perf_counter()
-            try:
-                with conn.transaction():
-                    p["id"] = conn.execute(insert, p).fetchone()[0]
-                    conn.execute(link, p)
-                    conn.execute(event, p)
-            except psycopg.Error as e:
-                errs[type(e).__name__] += 1
-                continue
-            mine.append((p["key"], (time.perf_counter() - t0) * 1000))
-    with lock:
-        out.extend(mine)
-        errors.update(errs)
+        c0 = meter.sample()
+        for _ in self.threads:
+            self._done.acquire()
+        return c0, meter.sample()
 
-
-def run_floor(args, dsn, points, cats, run_id, postmaster):
-    out, errors, lock = [], collections.Counter(), threading.Lock()
-    start_at = time.perf_counter() + 1.0
-    stop_at = start_at + args.seconds
-    threads = [threading.Thread(target=floor_client, daemon=True,
-                                args=(i, dsn, start_at, stop_at, run_id, points, cats, out, errors, lock))
-               for i in range(args.clients)]
-    c0, c1 = run_threads(threads, start_at, CpuMeter(None, postmaster))
-    return out, errors, c1[3] - start_at, CpuMeter.line(c0, c1, len(out))
+    def close(self):
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self.threads:
+            t.join()
 
 
 def check_floor(conn, done, run_id) -> dict:
@@ -622,6 +692,8 @@ def main() -> None:
     ap.add_argument("--ceiling", type=float, default=10.0, metavar="S",
                     help="after the reports, S seconds of GET /healthz as the server stack's reference (0: skip)")
     ap.add_argument("--no-floor", action="store_true", help="skip the psycopg floor")
+    ap.add_argument("--blocks", type=int, default=6,
+                    help="gisgrid and the floor take turns in this many blocks of seconds / blocks each")
     ap.add_argument("--paced-seconds", type=float, default=30.0, metavar="S",
                     help="then S seconds with the clients paced to 0.5 × the floor's throughput, for the "
                          "latency at the goal's throughput (0: skip)")
@@ -631,6 +703,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.clients, args.seconds, args.ceiling = 5, 5.0, min(args.ceiling, 2.0)
+        args.blocks = min(args.blocks, 2)
         args.paced_seconds = min(args.paced_seconds, 3.0)
     home = environment()
     import psycopg
@@ -639,6 +712,7 @@ def main() -> None:
 
     settings, engine, Session, dsn = connect()
     cluster = cluster_for(settings)
+    servers = contextlib.ExitStack()      # gisgrid serve, from the first run to the paced one
     try:
         log(ensure_demo(Session))
         run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
@@ -662,8 +736,27 @@ def main() -> None:
             profile(Session, tokens, points, cats, args.profile)
 
         log(f"\ngisgrid: POST /api/incidents, {args.clients} clients (bench/keepalive.py, one keep-alive connection each)")
-        res, errs, g_secs, g_cpu, ceiling, xacts = run_gisgrid(args, tokens, points, cats, run_id, home, postmaster,
-                                                               dsn)
+        server = servers.enter_context(GisgridServer(home))
+        floor = None
+        if not args.no_floor:
+            floor = FloorPool(args, dsn, points, cats, run_id)
+            servers.callback(floor.close)
+        # the two alternate in blocks (this machine's speed drifts by a third from minute to
+        # minute; a minute of each in turn measured the drift as much as the two)
+        blocks = max(1, args.blocks)
+        res, errs, g_secs, g_samples, xacts, f_samples = [], collections.Counter(), 0.0, [], None, []
+        for k in range(blocks):
+            out, e, secs, samples, x = run_gisgrid(args, server, tokens, points, cats, run_id, postmaster, dsn,
+                                                   seconds=args.seconds / blocks, first_seq=k * 1_000_000)
+            res += out
+            errs.update(e)
+            g_secs += secs
+            g_samples.append(samples)
+            xacts = x if xacts is None else [a + b for a, b in zip(xacts, x)]
+            if floor is not None:
+                f_samples.append(floor.run(args.seconds / blocks, CpuMeter(None, postmaster)))
+        g_cpu = CpuMeter.line(*summed(g_samples), sum(1 for r in res if r.status in (200, 201)))
+        ceiling = run_ceiling(args, server, postmaster) if args.ceiling > 0 else None
         with psycopg.connect(dsn, autocommit=True) as conn:
             chk = check_gisgrid(conn, res, run_id)
         ok = [r for r in res if r.status in (200, 201)]
@@ -699,9 +792,12 @@ def main() -> None:
                 f"p50 {pct(lat, 50):.1f} ms, p95 {pct(lat, 95):.1f} ms; {cpu}")
         if args.no_floor:
             return
-        log(f"\nfloor: psycopg, {args.clients} threads, one autocommit connection each; per report one transaction "
+        log(f"\nfloor, in turn with gisgrid ({blocks} blocks of {args.seconds / blocks:g} s each): psycopg, "
+            f"{args.clients} threads, one autocommit connection each; per report one transaction "
             "of INSERT incident + INSERT incident_link (linking.LOCATE_SQL) + INSERT incident_event")
-        fres, ferrs, f_secs, f_cpu = run_floor(args, dsn, points, cats, run_id, postmaster)
+        fres, ferrs = floor.out, floor.errors
+        f_secs = sum(b[3] - a[3] for a, b in f_samples)
+        f_cpu = CpuMeter.line(*summed(f_samples), len(fres))
         with psycopg.connect(dsn, autocommit=True) as conn:
             fchk = check_floor(conn, fres, run_id)
         f_tput = len(fres) / f_secs
@@ -724,8 +820,8 @@ def main() -> None:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 reset_bench_rows(conn)      # the paced run starts from the same table as the first
             prun = run_id + "p"
-            pres, perrs, p_secs, p_cpu, _, _ = run_gisgrid(args, tokens, points, cats, prun, home, postmaster,
-                                                           rate=rate, seconds=args.paced_seconds)
+            pres, perrs, p_secs, p_samples, _ = run_gisgrid(args, server, tokens, points, cats, prun, postmaster,
+                                                            rate=rate, seconds=args.paced_seconds)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 pchk = check_gisgrid(conn, pres, prun)
             pok = [r for r in pres if r.status in (200, 201)]
@@ -736,7 +832,7 @@ def main() -> None:
                 f"{args.paced_seconds:g} s): {len(pok) / p_secs:.1f} reports/s answered, p50 {pct(paced, 50):.1f} ms  "
                 f"p95 {pct(paced, 95):.1f} ms  p99 {pct(paced, 99):.1f} ms; errors {dict(perrs) or 'none'}; "
                 f"lost {pchk['lost']}, duplicated {pchk['dup_key'] + pchk['dup_seq']}")
-            log(f"  {p_cpu}")
+            log(f"  {CpuMeter.line(*p_samples, len(pok))}")
             chk = {k: chk[k] + pchk[k] for k in ("lost", "dup_key", "dup_seq")}
         if args.bare_stack:
             log(f"{'bare stack (no database)':24s} {bare:10.1f} {pct(lat, 50):8.1f} {pct(lat, 95):8.1f}")
@@ -754,6 +850,7 @@ def main() -> None:
         log(f"  lost {chk['lost']}, duplicated {chk['dup_key'] + chk['dup_seq']} (goal 0 and 0) – "
             f"{'met' if lossless else 'NOT met'}")
     finally:
+        servers.close()
         engine.dispose()
         if not args.keep_db:
             subprocess.run(gisgrid_cmd("db", "stop"), env=os.environ, capture_output=True)
