@@ -27,10 +27,19 @@ csrf = CSRFProtect()
 
 
 class CookieSessions(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, with the signing serializer made once per key: Flask
-    makes a new one on every request, with a cookie or without."""
+    """Flask's signed-cookie sessions, with the signing serializer made once per key (Flask
+    makes a new one on every request, with a cookie or without), and no cookie parsing for a
+    request without cookies."""
 
     _made = None
+
+    def open_session(self, app, request):
+        # no Cookie header (API clients with a token, most field reports): the empty session
+        # Flask's would make, without parsing the cookies, which walks the whole WSGI environ
+        # (Granian copies the server's environment into every one)
+        if "HTTP_COOKIE" not in request.environ and self.get_signing_serializer(app) is not None:
+            return self.session_class()
+        return super().open_session(app, request)
 
     def get_signing_serializer(self, app):
         keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
