@@ -70,6 +70,10 @@ class Incident(Base):
         # the open incidents by deadline: "overdue" beside the tally (gisgrid.layers.tallies)
         Index("ix_incident_open_deadline", "deadline",
               postgresql_where=text(f"state IN {OPEN_STATES_SQL}")),
+        # the duplicate search (_duplicates_sql): open incidents of one category near a point
+        # (GiST over text and geometry: the btree_gist extension, migration 0016)
+        Index("ix_incident_open_category_geom", "category", "geom", postgresql_using="gist",
+              postgresql_where=text(f"state IN {OPEN_STATES_SQL}")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -274,8 +278,9 @@ def _duplicates_sql(point: str, at: str, exclude: str) -> str:
     """An SQL expression: as a JSON array of ``{code, state, metres}`` (NULL if none), nearest
     first, the open incidents of category ``:cat`` within ``:m`` metres of the SQL point
     ``point``, reported within ``:s`` seconds of ``at``, other than incident id ``exclude``."""
-    # the box first (GiST index on geom), the exact distance on the few inside it: :m metres are
-    # at most :m / (111,320 cos lat) degrees of longitude and fewer of latitude
+    # the box first (ix_incident_open_category_geom: open incidents by category and point), the
+    # exact distance on the few inside it: :m metres are at most :m / (111,320 cos lat) degrees
+    # of longitude and fewer of latitude
     return (
         "(SELECT json_agg(json_build_object('code', d.code, 'state', d.state, 'metres', d.metres) "
         "ORDER BY d.metres, d.code) FROM (SELECT o.code, o.state, "
