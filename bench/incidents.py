@@ -252,10 +252,11 @@ def _endpoint(url: str):
 async def field_client(i, token, url, start_at, stop_at, run_id, points, cats, out, errors, timeout=TIMEOUT_S,
                        interval=None, offset=0.0, first_seq=0):
     """One phone: its own keep-alive connection (bench/keepalive.py, one event loop for every
-    client, so the clients' own CPU stays small beside the server's on the shared cores). ``interval``:
-    start a report every ``interval`` seconds from ``offset`` (the clients spread evenly), or at once when the last one took longer; without it, as fast as answers
-    come back. ``first_seq``: the sequence number before this call's first report (a client's
-    numbers continue over the blocks of one run)."""
+    client, so the clients' own CPU stays small beside the server's on the shared cores).
+    ``interval``: start a report every ``interval`` seconds from ``offset`` (the clients spread
+    evenly), or at once when the last one took longer; without it, as fast as answers come back.
+    ``first_seq``: the sequence number before this call's first report (a client's numbers
+    continue over the blocks of one run)."""
     from keepalive import Connection, ConnectionFailed
 
     host, port, path = _endpoint(url)
