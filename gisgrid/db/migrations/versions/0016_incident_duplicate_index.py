@@ -33,5 +33,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # btree_gist stays: the database may have had it before, for something else
     op.execute("DROP INDEX IF EXISTS ix_incident_open_category_geom")
-    op.execute("DROP EXTENSION IF EXISTS btree_gist")
