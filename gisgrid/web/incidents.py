@@ -170,14 +170,14 @@ def report():
     # Not retried on a broken connection: without a key, a report that committed before the
     # connection broke would be filed twice (the client retries, with its key, on the 503)
     quota = rate_limits.Quota.parse(f"report:{principal().username}", current_app.config["GISGRID_REPORT_LIMIT"])
-    body, created = current_app.extensions["gisgrid"]["direct_connections"].run(lambda conn: incidents.report_body(
+    answer, created = current_app.extensions["gisgrid"]["direct_connections"].run(lambda conn: incidents.report_body(
         lambda: db(autocommit=True), principal().username, category=body["category"], lon=body["lon"], lat=body["lat"],
         crs=body.get("crs", "EPSG:4326"), description=body.get("description", ""), address=body.get("address"),
         source=body.get("source", "patrol"), reporter=body.get("reporter"), accuracy_m=body.get("accuracy_m"),
         idempotency_key=key, duplicate_metres=settings().duplicate_metres,
         duplicate_hours=settings().duplicate_hours, quota=quota, conn=conn))
     # the statement's own JSON text: passed on, not parsed and written again
-    return Response(body, 201 if created else 200, quota.headers(), mimetype="application/json")
+    return Response(answer, 201 if created else 200, quota.headers(), mimetype="application/json")
 
 
 @bp.get("/incidents")
