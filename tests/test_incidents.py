@@ -391,6 +391,16 @@ def test_duplicate_distance_is_configurable_and_exact(two_grids):
     assert first["code"] in [d["code"] for d in wide["possible_duplicates"]]
     other, _ = incidents.report(s, "t", category="noise", lon=lon, lat=lat)
     assert other["possible_duplicates"] == []
+    # the search's index holds the category's hash (migration 0017): two codes of one hash are
+    # still two categories
+    assert s.execute(text("SELECT hashtext('c14100') = hashtext('c180248')")).scalar()
+    for code in ("c14100", "c180248"):
+        incidents.set_category(s, "t", code, district_code=None, name=code, sla_hours={"reported": 2})
+    one, _ = incidents.report(s, "t", category="c14100", lon=lon, lat=lat)
+    two, _ = incidents.report(s, "t", category="c180248", lon=lon, lat=lat)
+    again, _ = incidents.report(s, "t", category="c180248", lon=lon, lat=lat)
+    assert one["possible_duplicates"] == two["possible_duplicates"] == []
+    assert [d["code"] for d in again["possible_duplicates"]] == [two["code"]]
 
 
 def test_the_command_centre_edits_its_districts_catalogue(app, centre, worker, g):

@@ -70,9 +70,10 @@ class Incident(Base):
         # the open incidents by deadline: "overdue" beside the tally (gisgrid.layers.tallies)
         Index("ix_incident_open_deadline", "deadline",
               postgresql_where=text(f"state IN {OPEN_STATES_SQL}")),
-        # the duplicate search (_duplicates_sql): open incidents of one category near a point
-        # (GiST over text and geometry: the btree_gist extension, migration 0016)
-        Index("ix_incident_open_category_geom", "category", "geom", postgresql_using="gist",
+        # the duplicate search (_duplicates_sql): open incidents of one category near a point, the
+        # category as its hash (GiST over an integer and a geometry: the btree_gist extension;
+        # migrations 0016, 0017)
+        Index("ix_incident_open_category_hash_geom", text("hashtext(category)"), "geom", postgresql_using="gist",
               postgresql_where=text(f"state IN {OPEN_STATES_SQL}")),
     )
 
@@ -278,14 +279,16 @@ def _duplicates_sql(point: str, at: str, exclude: str) -> str:
     """An SQL expression: as a JSON array of ``{code, state, metres}`` (NULL if none), nearest
     first, the open incidents of category ``:cat`` within ``:m`` metres of the SQL point
     ``point``, reported within ``:s`` seconds of ``at``, other than incident id ``exclude``."""
-    # the box first (ix_incident_open_category_geom: open incidents by category and point), the
-    # exact distance on the few inside it: :m metres are at most :m / (111,320 cos lat) degrees
-    # of longitude and fewer of latitude
+    # the box first (ix_incident_open_category_hash_geom: open incidents by the hash of their
+    # category and point; the category itself then drops a hash's other categories), the exact
+    # distance on the few inside it: :m metres are at most :m / (111,320 cos lat) degrees of
+    # longitude and fewer of latitude
     return (
         "(SELECT json_agg(json_build_object('code', d.code, 'state', d.state, 'metres', d.metres) "
         "ORDER BY d.metres, d.code) FROM (SELECT o.code, o.state, "
         f"round(ST_Distance(o.geom::geography, {point}::geography))::int AS metres FROM incident o "
-        f"WHERE o.category = :cat AND o.id <> {exclude} AND o.state IN {OPEN_STATES_SQL} "
+        "WHERE hashtext(o.category) = hashtext(:cat) AND o.category = :cat "
+        f"AND o.id <> {exclude} AND o.state IN {OPEN_STATES_SQL} "
         f"AND o.geom && ST_Expand({point}, :m / (111320.0 * greatest(cos(radians(ST_Y({point}))), 0.01))) "
         f"AND ST_DWithin(o.geom::geography, {point}::geography, :m) "
         f"AND abs(extract(epoch FROM o.reported_at - {at})) <= :s "
