@@ -143,6 +143,44 @@ def test_direct_connections_do_not_pile_up_as_threads_come_and_go(db_url):
         eng.dispose()
 
 
+def test_direct_connections_warm_up_before_the_first_call(engine, db_url):
+    """A worker about to serve opens its connections and plans the report on each (EXPLAIN:
+    nothing written); calls then use them, opening none; warming again opens none; a database
+    that cannot be reached leaves the connections to the first calls, without an error."""
+    import threading
+
+    from sqlalchemy import text
+
+    from gisgrid.db import engine as db_engine
+    from gisgrid.layers import incidents
+
+    eng = make_engine(db_url)       # the schema: migrated by the ``engine`` fixture
+    conns = db_engine.DirectConnections(eng, application_name="gisgrid test")
+    count = "SELECT (SELECT count(*) FROM incident) + (SELECT count(*) FROM rate_limit)"
+    try:
+        with eng.connect() as c:
+            before = c.execute(text(count)).scalar()
+        assert conns.warm(3, [incidents.report_warmup()]) == 3 and conns.open_connections() == 3
+        with eng.connect() as c:
+            assert c.execute(text(count)).scalar() == before
+        barrier = threading.Barrier(3)
+        threads = [threading.Thread(target=lambda: conns.run(lambda c: (barrier.wait(10), c.execute("SELECT 1"))))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert conns.open_connections() == 3 and conns.warm(3) == 0
+    finally:
+        eng.dispose()
+    gone = make_engine(db_url.split("?")[0] + "?host=/nonexistent")
+    try:
+        dead = db_engine.DirectConnections(gone, application_name="gisgrid test")
+        assert dead.warm(2) == 0 and dead.open_connections() == 0
+    finally:
+        gone.dispose()
+
+
 def test_direct_connections_do_not_retry_a_statement_that_timed_out(db_url):
     """A statement cancelled by its timeout (``QueryCanceled``, an ``OperationalError``) on a
     connection that is still up is raised once, not run again, and the connection is kept; a

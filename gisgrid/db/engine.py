@@ -156,6 +156,33 @@ class DirectConnections:
             finally:
                 self._checkin(conn)
 
+    def warm(self, n: int, statements=()) -> int:
+        """Open connections until ``n`` are open, before any call needs them (a worker about to
+        serve), each having planned ``statements`` (``(sql, params)`` pairs, run under
+        ``EXPLAIN``: planned, not executed), so that the first requests wait neither for a
+        backend to start nor for its first statement (a new backend reads the catalog of every
+        table, index and function the statement touches). Returns how many it opened. A
+        database that cannot be reached leaves the rest to the first calls, as without it."""
+        import psycopg
+        from psycopg import RawCursor
+
+        opened = []
+        try:
+            while len(self._all) + len(opened) < n:
+                conn = psycopg.connect(self._url, autocommit=True, **self._args)
+                opened.append(conn)
+                for sql, params in statements:
+                    with RawCursor(conn) as cur:
+                        cur.execute("EXPLAIN " + sql, params)
+        except psycopg.Error:
+            pass
+        with self._lock:
+            for conn in opened:
+                if not (conn.closed or conn.broken):
+                    self._all.add(conn)
+                    self._idle.append((conn, time.monotonic()))
+        return len(opened)
+
     def open_connections(self) -> int:
         """How many connections are open (idle or in use)."""
         with self._lock:

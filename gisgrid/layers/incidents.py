@@ -275,6 +275,15 @@ def report_body(session, actor: str, *, category, lon, lat, crs="EPSG:4326", des
     return row[-1], True
 
 
+def report_warmup() -> tuple[str, list]:
+    """The report statement (with a quota, as the web app runs it) and parameters of the right
+    types, to plan it on a new connection without running it (``EXPLAIN``)."""
+    sql, names = _report_driver_sql(True)
+    sample = {"key": "", "cat": "", "descr": "", "addr": "", "src": "patrol", "rep": "", "acc": 0.0, "crs": "EPSG:4326",
+              "x": 0.0, "y": 0.0, "actor": "", "m": 0.0, "s": 0.0, "qk": "", "qn": 0, "qs": 0}
+    return sql, [sample[n] for n in names]
+
+
 def _duplicates_sql(point: str, at: str, exclude: str) -> str:
     """An SQL expression: as a JSON array of ``{code, state, metres}`` (NULL if none), nearest
     first, the open incidents of category ``:cat`` within ``:m`` metres of the SQL point

@@ -50,8 +50,13 @@ def serve(settings: Settings) -> None:
 def _load(_target):
     from gisgrid.web import create_app
 
+    from gisgrid.layers import incidents
+
     app = create_app()
     app.extensions["gisgrid"]["principals"].listen()    # per worker, after the fork
+    # a connection per thread, each with the field report planned once, before the first request
+    app.extensions["gisgrid"]["direct_connections"].warm(app.extensions["gisgrid"]["settings"].threads,
+                                                         [incidents.report_warmup()])
     return app
 
 
