@@ -843,17 +843,22 @@ def main() -> None:
             log(f"{'bare stack (no database)':24s} {bare:10.1f} {pct(lat, 50):8.1f} {pct(lat, 95):8.1f}")
             log(f"{'bare stack / floor':24s} {bare / f_tput:9.2f}×   (the most a Flask view under this server reaches here)")
             log(f"{'gisgrid / bare stack':24s} {g_tput / bare:9.2f}×")
-        p95 = pct(done, 95)
         log(f"\ngisgrid vs goals ({args.clients} clients × {args.seconds:g} s):")
-        log(f"  p95 as fast as answered {p95:.0f} ms (goal < 100 ms) – {'met' if p95 < 100 else 'NOT met'}")
         if paced is not None:
-            log(f"  p95 at 0.5 × floor offered {pct(paced, 95):.0f} ms (goal < 100 ms) – "
+            log(f"  p95 at the goal's throughput (0.5 × floor offered) {pct(paced, 95):.0f} ms (goal < 100 ms) – "
                 + ("met" if pct(paced, 95) < 100 and kept_up else
                    "NOT met" + ("" if kept_up else " (answered < 95% of the offered rate: it did not keep up)")))
+        else:
+            log("  p95 at the goal's throughput: not measured (--paced-seconds 0)")
         log(f"  throughput {g_tput / f_tput:.2f}× floor (goal ≥ 0.5×) – {'met' if g_tput / f_tput >= 0.5 else 'NOT met'}")
         lossless = chk["lost"] == 0 and chk["dup_key"] == 0 and chk["dup_seq"] == 0
         log(f"  lost {chk['lost']}, duplicated {chk['dup_key'] + chk['dup_seq']} (goal 0 and 0) – "
             f"{'met' if lossless else 'NOT met'}")
+        # printed beside the goals, as what it is: with every client posting again the moment it
+        # is answered, the mean latency is clients / throughput whatever the server does
+        log(f"  beside them, p95 as fast as answered: {pct(done, 95):.0f} ms (the floor's the same way "
+            f"{pct(flat, 95):.0f} ms); {args.clients} clients at {g_tput:.0f} reports/s wait "
+            f"{args.clients / g_tput * 1000:.0f} ms on average whatever the server does (Little's law)")
     finally:
         servers.close()
         engine.dispose()
