@@ -43,14 +43,14 @@ def server(settings: Settings, target: str, *, working_dir=None):
 
 def serve(settings: Settings) -> None:
     """Serve gisgrid until a signal stops it. Each worker process builds its own app (engine,
-    pools, the principals' listener) after the fork; the embedded cluster must be up already."""
+    pools, the principals' listener, a report connection per thread) after the fork, before it
+    serves; the embedded cluster must be up already."""
     server(settings, "gisgrid.web:create_app").serve(target_loader=_load)
 
 
 def _load(_target):
-    from gisgrid.web import create_app
-
     from gisgrid.layers import incidents
+    from gisgrid.web import create_app
 
     app = create_app()
     app.extensions["gisgrid"]["principals"].listen()    # per worker, after the fork

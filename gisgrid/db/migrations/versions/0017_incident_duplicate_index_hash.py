@@ -11,8 +11,8 @@ strings. ``ix_incident_open_category_hash_geom`` leads with ``hashtext(category)
 4-byte integer; the duplicate search asks for the hash and then the category itself (two codes
 of one hash are told apart on the row). Measured in session 9 on the bench's table (35,000
 open incidents; each variant in turn on one connection, backend CPU, both indexes freshly
-built): the candidates' lookup went from 122 to 86 µs and the whole report statement's
-database CPU by a factor of 0.91; the index is 2.1 MB where the text one was 2.7 MB.
+built): the candidates' lookup went from 122 to 86 µs, the whole report statement's database
+CPU to 0.91 of what it was; the index is 2.1 MB where the text one was 2.7 MB.
 
 ``hashtext`` is the hash of text PostgreSQL's own hash indexes are built on: were a future
 version to change it, this index would need a ``REINDEX``, as those would.
