@@ -83,6 +83,19 @@ def _conn(conns):
     return conns.run(lambda c: c)
 
 
+def _at_once(conns, n: int) -> None:
+    """``n`` calls of ``conns`` from ``n`` threads, all holding their connection at once."""
+    import threading
+
+    barrier = threading.Barrier(n)
+    threads = [threading.Thread(target=lambda: conns.run(lambda c: (barrier.wait(10), c.execute("SELECT 1"))))
+               for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_direct_connections_replace_a_connection_that_died_while_idle(db_url):
     """A direct connection whose backend went away while it sat idle (a restart, an admin's
     pg_terminate_backend) is noticed by the ping after idleness and replaced before use; one in
@@ -126,13 +139,7 @@ def test_direct_connections_do_not_pile_up_as_threads_come_and_go(db_url):
             t.start()
             t.join()
         assert conns.open_connections() == 1
-        barrier = threading.Barrier(8)
-        threads = [threading.Thread(target=lambda: conns.run(lambda c: (barrier.wait(10), c.execute("SELECT 1"))))
-                   for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _at_once(conns, 8)
         assert conns.open_connections() == 8
         for _ in range(40):
             t = threading.Thread(target=lambda: conns.run(lambda c: c.execute("SELECT 1")))
@@ -147,8 +154,6 @@ def test_direct_connections_warm_up_before_the_first_call(engine, db_url):
     """A worker about to serve opens its connections and plans the report on each (EXPLAIN:
     nothing written); calls then use them, opening none; warming again opens none; a database
     that cannot be reached leaves the connections to the first calls, without an error."""
-    import threading
-
     from sqlalchemy import text
 
     from gisgrid.db import engine as db_engine
@@ -163,13 +168,7 @@ def test_direct_connections_warm_up_before_the_first_call(engine, db_url):
         assert conns.warm(3, [incidents.report_warmup()]) == 3 and conns.open_connections() == 3
         with eng.connect() as c:
             assert c.execute(text(count)).scalar() == before
-        barrier = threading.Barrier(3)
-        threads = [threading.Thread(target=lambda: conns.run(lambda c: (barrier.wait(10), c.execute("SELECT 1"))))
-                   for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _at_once(conns, 3)
         assert conns.open_connections() == 3 and conns.warm(3) == 0
     finally:
         eng.dispose()
