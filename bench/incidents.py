@@ -223,19 +223,6 @@ class CpuMeter:
         return out
 
 
-def run_threads(threads, start_at, meter):
-    """Start the client threads, sample CPU when they begin together at ``start_at`` and when
-    the last has finished; the two samples."""
-    for t in threads:
-        t.start()
-    while time.perf_counter() < start_at:
-        time.sleep(0.001)
-    c0 = meter.sample()
-    for t in threads:
-        t.join()
-    return c0, meter.sample()
-
-
 # -- gisgrid over HTTP ----------------------------------------------------------------------------
 class Result:
     __slots__ = ("client", "seq", "key", "status", "code", "attempts", "first_ms", "first_ok", "done_ms")

@@ -242,13 +242,8 @@ def report_body(session, actor: str, *, category, lon, lat, crs="EPSG:4326", des
             raise InvalidInput(f"accuracy_m must be between 0 and 100000, got {accuracy_m}", field="accuracy_m")
     x, y = lonlat_to_storage(lon, lat, crs)
     crs = canonical(crs)        # gcj02, bd09 or EPSG:n, as stored in input_crs
-    params = {
-        "key": idempotency_key, "cat": category,
-        "descr": description or "", "addr": address, "src": source,
-        "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": x, "y": y, "actor": actor,
-        "m": duplicate_metres, "s": duplicate_hours * 3600,
-        **(quota.params() if quota is not None else {}),
-    }
+    params = _report_params(actor, idempotency_key, category, description, address, source, reporter, accuracy_m,
+                            crs, x, y, duplicate_metres, duplicate_hours, quota)
     if conn is None:
         row = session.execute(_report_statement(quota is not None), params).one()
     else:
@@ -275,13 +270,23 @@ def report_body(session, actor: str, *, category, lon, lat, crs="EPSG:4326", des
     return row[-1], True
 
 
+def _report_params(actor, key, category, description, address, source, reporter, accuracy_m, crs, x, y,
+                   duplicate_metres, duplicate_hours, quota) -> dict:
+    """The parameters of :func:`_report_sql`, by name, from a report's checked values."""
+    return {"key": key, "cat": category, "descr": description or "", "addr": address, "src": source,
+            "rep": reporter or actor, "acc": accuracy_m, "crs": str(crs), "x": x, "y": y, "actor": actor,
+            "m": duplicate_metres, "s": duplicate_hours * 3600, **(quota.params() if quota is not None else {})}
+
+
 def report_warmup() -> tuple[str, list]:
-    """The report statement (with a quota, as the web app runs it) and parameters of the right
-    types, to plan it on a new connection without running it (``EXPLAIN``)."""
+    """The report statement (with a quota, as the web app runs it) and parameters of its types,
+    to plan it on a new connection without running it (``EXPLAIN``)."""
+    from gisgrid.layers.rate_limits import Quota
+
     sql, names = _report_driver_sql(True)
-    sample = {"key": "", "cat": "", "descr": "", "addr": "", "src": "patrol", "rep": "", "acc": 0.0, "crs": "EPSG:4326",
-              "x": 0.0, "y": 0.0, "actor": "", "m": 0.0, "s": 0.0, "qk": "", "qn": 0, "qs": 0}
-    return sql, [sample[n] for n in names]
+    params = _report_params("", "", "", "", "", "patrol", "", 0.0, "EPSG:4326", 0.0, 0.0, DUPLICATE_METRES,
+                            DUPLICATE_HOURS, Quota("", 1, 60))
+    return sql, [params[n] for n in names]
 
 
 def _duplicates_sql(point: str, at: str, exclude: str) -> str:
